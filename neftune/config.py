@@ -1,0 +1,362 @@
+"""One typed config for every flow (train, eval, compare), litgpt-style.
+
+Attribute docstrings below become `neftune <cmd> --help`. A run is configured by an optional YAML
+file plus `key=value` overrides with dotted keys (`data.max_length=256`, `lora.r=16`); values are
+parsed as YAML (`report_to=[tensorboard]`). The resolved config is saved as `config.yaml` beside
+every output.
+"""
+from __future__ import annotations
+
+import ast
+import dataclasses
+import difflib
+import inspect
+import textwrap
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import yaml
+
+from .errors import ConfigError
+
+
+@dataclass
+class DataConfig:
+    path: str = "sharegpt"
+    """Training data: a .json/.jsonl/.parquet/.csv file, a saved `datasets` dir, a hub id (online), or the embedded name `sharegpt`."""
+    format: str = "auto"
+    """Record format: alpaca | sharegpt | messages | prompt_completion | auto (detected from the first record)."""
+    columns: dict = field(default_factory=dict)
+    """Column mapping from your names to the format's, e.g. {instruction: question, output: answer}."""
+    template: str = "alpaca"
+    """Prompt template: `alpaca` (the paper's) or `chat` (the tokenizer's chat template)."""
+    train_on_inputs: bool = False
+    """Also train on prompt tokens. Default: loss on every assistant turn only."""
+    max_length: int = 512
+    """Max tokens per example (and per packed row)."""
+    truncation: bool = False
+    """False: an example longer than max_length is a bad record. True: keep its first max_length tokens (dropped if no response token is left)."""
+    packing: bool = False
+    """Pack examples padding-free into rows of max_length tokens (position_ids restart per document; noise stays per document)."""
+    eval_size: int = 64
+    """Held-out examples split off the training file (fixed by data.split_seed)."""
+    split_seed: int = 1234
+    """Seed of the train/held-out split (independent of the training seed, so every run sees the same split)."""
+    num_train_samples: Optional[int] = None
+    """Use only the first N training examples after the split (data-size studies); None = all."""
+    on_bad_record: str = "error"
+    """error: stop at the first bad record naming file and line. skip: skip it, count per reason, report in the run summary."""
+    sharegpt_size: int = 2000
+    """Embedded `sharegpt` only: how many cleaned first-turn conversations to build (train + held-out)."""
+
+
+@dataclass
+class LoraConfig:
+    r: int = 0
+    """LoRA rank; 0 = full finetuning."""
+    alpha: int = 32
+    """LoRA scaling alpha (lora_alpha)."""
+    dropout: float = 0.0
+    """LoRA dropout."""
+    target_modules: Union[str, list] = "all-linear"
+    """Modules to adapt: `all-linear` or a list of names."""
+
+
+@dataclass
+class EvalConfig:
+    sets: list = field(default_factory=lambda: ["heldout", "mt-bench"])
+    """Eval prompt sets: heldout (the run's held-out split), mt-bench (80 first turns), or paths of data files."""
+    num_samples: Optional[int] = 32
+    """Prompts per set (first N, fixed order); None = all."""
+    parts: list = field(default_factory=lambda: ["generate", "metrics", "loss", "overfit", "judge", "capability"])
+    """Which parts to run: generate, metrics, loss, overfit, judge, capability."""
+    preset: str = "greedy"
+    """Decoding preset: greedy | original (the NEFTune repo's eval: greedy with repetition_penalty 1.2)."""
+    max_new_tokens: int = 128
+    """Max generated tokens per answer."""
+    batch_size: int = 16
+    """Generation batch size (prompts are length-sorted, left-padded)."""
+    do_sample: bool = False
+    """Sample instead of greedy decoding."""
+    temperature: float = 0.7
+    """Sampling temperature (do_sample only)."""
+    top_p: float = 0.9
+    """Nucleus sampling (do_sample only)."""
+    repetition_penalty: Optional[float] = None
+    """Override the preset's repetition penalty."""
+    judge: str = "offline"
+    """Pairwise judge: offline (MiniLM similarity to the reference answer) | llm (OpenAI-compatible endpoint) | none."""
+    judge_base_url: Optional[str] = None
+    """Base URL of the OpenAI-compatible endpoint (llm judge)."""
+    judge_model: str = "gpt-4o-mini"
+    """Judge model name (llm judge)."""
+    judge_api_key_env: str = "OPENAI_API_KEY"
+    """Name of the env var holding the judge's API key. The key itself is never written anywhere."""
+    judge_max_retries: int = 5
+    """Retries per judge call (exponential backoff)."""
+    judge_timeout: float = 60.0
+    """Seconds per judge call."""
+    tie_margin: float = 0.01
+    """Offline judge: cosine-similarity difference under which the verdict is a draw."""
+    overfit_samples: int = 32
+    """Training prompts answered for the ROUGE-L/BLEU overlap with training answers."""
+    capability_samples: int = 57
+    """Multiple-choice questions for capability retention."""
+    bootstrap: int = 1000
+    """Bootstrap resamples for win-rate intervals."""
+
+
+@dataclass
+class CompareConfig:
+    variants: list = field(default_factory=lambda: [
+        {"name": "alpha5", "neftune_noise_alpha": 5.0},
+        {"name": "alpha10", "neftune_noise_alpha": 10.0},
+        {"name": "alpha15", "neftune_noise_alpha": 15.0},
+        {"name": "alpha5-gauss", "neftune_noise_alpha": 5.0, "neftune_distribution": "gaussian"},
+    ])
+    """NEFTune variants trained beside the alpha=0 baseline: each a dict of config overrides plus a `name`."""
+    seeds: list = field(default_factory=lambda: [0, 1])
+    """Training seeds; every variant is judged against the baseline of the same seed."""
+    data_fractions: list = field(default_factory=list)
+    """Extra data-size study: fractions of the training data (e.g. [0.25, 0.5]) for baseline and the chosen variant; [] = off."""
+    select_by: str = "lc_win_rate"
+    """Alpha selection rule: the variant with the best mean of this metric (lc_win_rate | win_rate | heldout_loss)..."""
+    tie_break: str = "heldout_loss"
+    """...ties (within the seed-to-seed standard error) broken by the lower mean of this metric."""
+
+
+@dataclass
+class Config:
+    model: str = "gemma-3-270m"
+    """Model: an embedded name (gemma-3-270m, smollm2-135m-instruct), a local HF model dir, or a hub id (online)."""
+    output_dir: str = "runs/default"
+    """Where checkpoints, the final model/adapter, metrics and config.yaml go."""
+    neftune_noise_alpha: float = 5.0
+    """NEFTune alpha; 0 = no noise. Noise U(-1,1)*alpha/sqrt(L*d) per sequence, L its real token count."""
+    neftune_distribution: str = "uniform"
+    """uniform (the paper's) | gaussian (same expected energy alpha^2/3 per sequence)."""
+    clean_loss_steps: int = 10
+    """Every N steps also log the same batch's loss without noise (`clean_loss`, no grad); 0 = off."""
+    learning_rate: float = 2e-4
+    """Peak learning rate (AdamW)."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    warmup_ratio: float = 0.03
+    """Fraction of steps of linear warmup before the cosine decay."""
+    lr_scheduler_type: str = "cosine"
+    """transformers scheduler name (cosine, linear, constant_with_warmup, ...)."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping norm; 0 = off."""
+    num_train_epochs: float = 1.0
+    """Epochs over the training data (ignored when max_steps > 0)."""
+    max_steps: int = -1
+    """Total optimizer steps; -1 = from num_train_epochs."""
+    per_device_train_batch_size: int = 4
+    """Examples (or packed rows) per micro-batch per process."""
+    gradient_accumulation_steps: int = 1
+    """Micro-batches per optimizer step."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in backward to save memory."""
+    seed: int = 0
+    """Seed of initialisation, data order and NEFTune noise."""
+    dtype: str = "float32"
+    """Model dtype: float32 | bfloat16 | float16 | auto. Use float32 on CPU."""
+    logging_steps: int = 1
+    """Log metrics every N optimizer steps."""
+    save_steps: int = 50
+    """Write checkpoint-N/ every N steps; 0 = only the final save."""
+    save_total_limit: Optional[int] = 2
+    """Keep only the newest N checkpoints; None = all."""
+    resume_from_checkpoint: Optional[str] = None
+    """`latest` (the newest complete checkpoint in output_dir), a checkpoint path, or None."""
+    report_to: list = field(default_factory=lambda: ["jsonl", "tensorboard"])
+    """Metric sinks: jsonl (metrics.jsonl, always written), tensorboard, none."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Data options."""
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    """LoRA options."""
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    """Evaluation options (`neftune eval`)."""
+    compare: CompareConfig = field(default_factory=CompareConfig)
+    """Sweep options (`neftune compare`)."""
+
+
+# --------------------------------------------------------------------------- docstrings -> help
+def field_docs(cls) -> dict[str, str]:
+    """Attribute docstrings of a dataclass: the string literal right after each field."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body
+    docs = {}
+    for node, nxt in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
+            docs[node.target.id] = " ".join(str(nxt.value.value).split())
+    return docs
+
+
+def _is_dc(tp) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def help_text(cls=Config, prefix: str = "", only: Optional[set] = None) -> str:
+    """Every field as `key (type, default): doc`, nested fields with dotted keys."""
+    lines = []
+    docs = field_docs(cls)
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if only is not None and not prefix and f.name not in only:
+            continue
+        tp = hints[f.name]
+        if _is_dc(tp):
+            lines.append(f"\n{prefix}{f.name}.*  {docs.get(f.name, '')}")
+            lines.append(help_text(tp, prefix=f"{prefix}{f.name}."))
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        tname = getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+        lines.append(f"  {prefix}{f.name} ({tname}, default {default!r})\n      {docs.get(f.name, '')}")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- load / override
+def _coerce(value: Any, tp, key: str):
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin is Union:
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{key}: bad value {value!r}")
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return str(value)
+    if tp is list or origin is list:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return [value]
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return list(value)
+    if tp is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    return value
+
+
+def _apply(obj, mapping: dict, where: str, prefix: str = ""):
+    if not isinstance(mapping, dict):
+        raise ConfigError(f"{where}: {prefix or 'config'} must be a mapping, got {type(mapping).__name__}")
+    hints = typing.get_type_hints(type(obj))
+    names = [f.name for f in dataclasses.fields(obj)]
+    for key, value in mapping.items():
+        full = f"{prefix}{key}"
+        if not isinstance(key, str) or key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f"; did you mean '{prefix}{close[0]}'?" if close else ""
+            raise ConfigError(f"{where}: unknown config key '{full}'{hint}")
+        tp = hints[key]
+        if _is_dc(tp):
+            _apply(getattr(obj, key), value if value is not None else {}, where, prefix=f"{full}.")
+        else:
+            setattr(obj, key, _coerce(value, tp, f"{where}: {full}"))
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise ConfigError(f"override '{text}': expected key=value")
+    key, raw = text.split("=", 1)
+    if not key.strip():
+        raise ConfigError(f"override '{text}': empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def load_config(path: Optional[str] = None, overrides: list[str] = (), base: Optional[Config] = None) -> Config:
+    """YAML file (optional) then key=value overrides, validated against the dataclasses."""
+    cfg = base if base is not None else Config()
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            line = f":{mark.line + 1}" if mark is not None else ""
+            raise ConfigError(f"{path}{line}: invalid YAML: {getattr(e, 'problem', e)}") from None
+        if raw is not None:
+            _apply(cfg, raw, str(path))
+    for ov in overrides:
+        keys, value = parse_override(ov)
+        nested: Any = value
+        for k in reversed(keys):
+            nested = {k: nested}
+        _apply(cfg, nested, f"override '{ov}'")
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    def need(cond, msg):
+        if not cond:
+            raise ConfigError(msg)
+    need(cfg.neftune_noise_alpha >= 0 and cfg.neftune_noise_alpha == cfg.neftune_noise_alpha,
+         f"neftune_noise_alpha must be a finite number >= 0, got {cfg.neftune_noise_alpha}")
+    need(cfg.neftune_distribution in ("uniform", "gaussian"), f"neftune_distribution must be uniform|gaussian, got {cfg.neftune_distribution!r}")
+    need(cfg.learning_rate > 0, f"learning_rate must be > 0, got {cfg.learning_rate}")
+    need(cfg.per_device_train_batch_size >= 1, "per_device_train_batch_size must be >= 1")
+    need(cfg.gradient_accumulation_steps >= 1, "gradient_accumulation_steps must be >= 1")
+    need(cfg.data.max_length >= 8, f"data.max_length must be >= 8, got {cfg.data.max_length}")
+    need(cfg.data.template in ("alpaca", "chat"), f"data.template must be alpaca|chat, got {cfg.data.template!r}")
+    need(cfg.data.on_bad_record in ("error", "skip"), f"data.on_bad_record must be error|skip, got {cfg.data.on_bad_record!r}")
+    need(cfg.data.format in ("auto", "alpaca", "sharegpt", "messages", "prompt_completion"), f"data.format unknown: {cfg.data.format!r}")
+    need(cfg.lora.r >= 0, "lora.r must be >= 0")
+    need(cfg.dtype in ("float32", "bfloat16", "float16", "auto"), f"dtype must be float32|bfloat16|float16|auto, got {cfg.dtype!r}")
+    need(cfg.eval.judge in ("offline", "llm", "none"), f"eval.judge must be offline|llm|none, got {cfg.eval.judge!r}")
+    need(cfg.eval.preset in ("greedy", "original"), f"eval.preset must be greedy|original, got {cfg.eval.preset!r}")
+    for v in cfg.compare.variants:
+        need(isinstance(v, dict) and "name" in v, f"compare.variants: each variant needs a name, got {v!r}")
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: Config, path) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), encoding="utf-8")
+
+
+def from_dict(d: dict) -> Config:
+    cfg = Config()
+    _apply(cfg, d, "saved config")
+    return cfg
