@@ -1,0 +1,230 @@
+"""Batched, resumable answer generation for evaluation, plus the AlpacaEval output format.
+
+Prompts arrive fully rendered (the caller applies the training template). We tokenize them the way
+training does: no tokenizer-added special tokens (some tokenizers would append EOS, which would tell
+the model the prompt is already answered) and BOS prepended once, as the data module does.
+
+Batching: prompts are sorted longest first (similar lengths share a batch, so little padding, and an
+out-of-memory shows up in the first batch rather than the last) and left-padded, so every row's last
+prompt token sits at the same position and new tokens are appended after it. transformers derives
+position ids from the attention mask, so a left-padded row decodes exactly like the same prompt
+alone (tests compare against a per-prompt loop).
+
+Resume: with ``cache_path`` each finished answer is appended to a JSONL file and fsync'ed per batch;
+a rerun regenerates only what is missing. A line cut off by a kill mid-write is dropped.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import torch
+
+from ..errors import DataError, NeftuneError
+
+# The NEFTune repo's eval decodes greedily with repetition_penalty=1.2 (their "original" setting).
+PRESETS = {"greedy": {"repetition_penalty": None}, "original": {"repetition_penalty": 1.2}}
+
+
+def prompt_sha(prompt: str) -> str:
+    return hashlib.sha256(prompt.encode("utf-8")).hexdigest()[:16]
+
+
+def encode_prompt(tokenizer, prompt: str, add_bos: bool = True) -> list[int]:
+    ids = list(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if add_bos and bos is not None and (not ids or ids[0] != bos):
+        ids = [bos] + ids
+    return ids
+
+
+def _eos_ids(model, tokenizer) -> list[int]:
+    """EOS of the tokenizer (what training appends) plus any the model's generation config lists
+    (Gemma's <end_of_turn>, SmolLM2's <|im_end|>), so chat-template runs stop too."""
+    ids = []
+    for v in (tokenizer.eos_token_id, getattr(getattr(model, "generation_config", None), "eos_token_id", None)):
+        for i in (v if isinstance(v, (list, tuple)) else [v]):
+            if i is not None and i not in ids:
+                ids.append(int(i))
+    return ids
+
+
+def _settings_key(**settings) -> str:
+    """Fingerprint of the decoding settings: cached answers made with other settings are stale."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _load_cache(path: Path, prompts: Sequence[str], settings: str) -> dict[int, str]:
+    """Valid cached answers by index. Rewrites the file without a torn last line, so later appends
+    do not glue a new record onto a half-written one."""
+    if not path.exists():
+        return {}
+    done: dict[int, str] = {}
+    good_lines = []
+    raw = path.read_bytes().decode("utf-8", errors="replace")
+    for line in raw.splitlines():
+        try:
+            rec = json.loads(line)
+            idx, sha, out = int(rec["idx"]), rec["prompt_sha"], rec["output"]
+        except (ValueError, KeyError, TypeError):
+            continue  # torn line from an interrupted write, or garbage: regenerate that item
+        if rec.get("settings", settings) != settings or not isinstance(out, str):
+            continue
+        if 0 <= idx < len(prompts) and sha == prompt_sha(prompts[idx]):
+            done[idx] = out
+            good_lines.append(line)
+    if len(good_lines) != len(raw.splitlines()) or (raw and not raw.endswith("\n")):
+        _atomic_write(path, "".join(l + "\n" for l in good_lines))
+    return done
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _device(model) -> torch.device:
+    dev = getattr(model, "device", None)
+    if isinstance(dev, torch.device):
+        return dev
+    return next(model.parameters()).device
+
+
+def generate_answers(model, tokenizer, prompts: list[str], *, max_new_tokens: int = 128, batch_size: int = 16,
+                     preset: str = "greedy", do_sample: bool = False, temperature: float = 0.7, top_p: float = 0.9,
+                     repetition_penalty: Optional[float] = None, seed: int = 0,
+                     cache_path: Optional[Union[str, Path]] = None, generator_name: str = "model",
+                     dataset_name: str = "eval", instructions: Optional[Sequence[str]] = None,
+                     progress: bool = True, add_bos: bool = True) -> list[str]:
+    """Answer every prompt; returns the decoded new text (special tokens skipped, stripped) in input order.
+
+    preset: greedy | original (greedy + repetition_penalty 1.2); an explicit repetition_penalty wins.
+    cache_path: JSONL of finished answers (`idx`, `prompt_sha`, `output`, plus `settings`, and
+    `instruction`/`generator`/`dataset` so the partial file is readable); reruns resume from it.
+    Sampling (do_sample) is seeded per batch from `seed`, so it is reproducible for the same
+    batching but a resumed run may sample its remaining items differently than an uninterrupted one.
+    """
+    from transformers import GenerationConfig
+    from tqdm.auto import tqdm
+
+    if preset not in PRESETS:
+        raise NeftuneError(f"unknown decoding preset {preset!r}; expected one of {sorted(PRESETS)}")
+    if instructions is not None and len(instructions) != len(prompts):
+        raise NeftuneError(f"instructions ({len(instructions)}) and prompts ({len(prompts)}) differ in length")
+    rep = repetition_penalty if repetition_penalty is not None else PRESETS[preset]["repetition_penalty"]
+    batch_size = max(1, int(batch_size))
+    prompts = list(prompts)
+
+    settings = _settings_key(max_new_tokens=max_new_tokens, do_sample=do_sample, rep=rep, add_bos=add_bos,
+                             **({"temperature": temperature, "top_p": top_p, "seed": seed} if do_sample else {}))
+    cache = Path(cache_path) if cache_path is not None else None
+    done = _load_cache(cache, prompts, settings) if cache is not None else {}
+    outputs: list[Optional[str]] = [done.get(i) for i in range(len(prompts))]
+    todo = [i for i in range(len(prompts)) if outputs[i] is None]
+    if not todo:
+        return [o for o in outputs]  # type: ignore[misc]
+
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    eos_ids = _eos_ids(model, tokenizer)
+    if pad_id is None:
+        raise NeftuneError("tokenizer has neither a pad nor an EOS token; cannot pad a batch")
+    # A fresh GenerationConfig rather than the model's own: checkpoints ship sampling defaults
+    # (Gemma: top_k=64, top_p=0.95) that would otherwise leak into what we call greedy.
+    gen_kwargs = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, pad_token_id=pad_id,
+                      eos_token_id=eos_ids if len(eos_ids) > 1 else eos_ids[0])
+    if do_sample:
+        gen_kwargs.update(temperature=temperature, top_p=top_p, top_k=0)
+    if rep is not None and rep != 1.0:
+        gen_kwargs["repetition_penalty"] = rep
+    gen_config = GenerationConfig(**gen_kwargs)
+
+    encoded = {i: encode_prompt(tokenizer, prompts[i], add_bos) for i in todo}
+    order = sorted(todo, key=lambda i: -len(encoded[i]))  # stable: equal lengths keep input order
+    device = _device(model)
+    was_training = bool(getattr(model, "training", False))
+    model.eval()
+    fh = open(cache, "a", encoding="utf-8") if cache is not None else None
+    bar = tqdm(total=len(prompts), initial=len(prompts) - len(todo), disable=not progress,
+               desc=f"generate {dataset_name}", unit="answer")
+    try:
+        for start in range(0, len(order), batch_size):
+            idxs = order[start:start + batch_size]
+            width = max(len(encoded[i]) for i in idxs)
+            input_ids = torch.full((len(idxs), width), pad_id, dtype=torch.long)
+            attention = torch.zeros((len(idxs), width), dtype=torch.long)
+            for row, i in enumerate(idxs):  # left padding
+                ids = encoded[i]
+                input_ids[row, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
+                attention[row, width - len(ids):] = 1
+            with torch.random.fork_rng(devices=[]), torch.inference_mode():
+                torch.manual_seed(seed + start)
+                out = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device),
+                                     generation_config=gen_config)
+            new = out[:, width:].cpu()
+            for row, i in enumerate(idxs):
+                outputs[i] = tokenizer.decode(new[row], skip_special_tokens=True).strip()
+            if fh is not None:
+                for i in idxs:
+                    rec = {"idx": i, "prompt_sha": prompt_sha(prompts[i]), "output": outputs[i], "settings": settings,
+                           "generator": generator_name, "dataset": dataset_name}
+                    if instructions is not None:
+                        rec["instruction"] = instructions[i]
+                    fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+            bar.update(len(idxs))
+    finally:
+        bar.close()
+        if fh is not None:
+            fh.close()
+        if was_training:
+            model.train()
+    return [o for o in outputs]  # type: ignore[misc]
+
+
+# --------------------------------------------------------------------------- AlpacaEval format
+def write_alpaca_eval(path, instructions: Sequence[str], outputs: Sequence[str], generator: str,
+                      dataset: Union[str, Sequence[str]] = "eval") -> None:
+    """AlpacaEval `model_outputs` JSON: [{"instruction","output","generator","dataset"}], written atomically."""
+    if len(instructions) != len(outputs):
+        raise NeftuneError(f"{path}: {len(instructions)} instructions but {len(outputs)} outputs")
+    datasets = [dataset] * len(outputs) if isinstance(dataset, str) else list(dataset)
+    if len(datasets) != len(outputs):
+        raise NeftuneError(f"{path}: {len(datasets)} dataset names but {len(outputs)} outputs")
+    rows = [{"instruction": i, "output": o, "generator": generator, "dataset": d}
+            for i, o, d in zip(instructions, outputs, datasets)]
+    _atomic_write(Path(path), json.dumps(rows, ensure_ascii=False, indent=2) + "\n")
+
+
+def read_alpaca_eval(path) -> list[dict]:
+    """Load and validate an AlpacaEval outputs file; DataError names the file and the bad entry."""
+    p = Path(path)
+    try:
+        rows = json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(p, None, "file not found") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(p, getattr(e, "lineno", None), "invalid JSON", str(e)) from None
+    if not isinstance(rows, list):
+        raise DataError(p, None, "not a JSON list", f"got {type(rows).__name__}")
+    for n, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise DataError(p, None, "entry is not an object", f"entry {n}")
+        for key in ("instruction", "output", "generator"):
+            if not isinstance(row.get(key), str):
+                raise DataError(p, None, f"missing or non-string '{key}'", f"entry {n}")
+    return rows

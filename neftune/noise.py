@@ -1,0 +1,279 @@
+"""NEFTune noise, per sequence, correct under padding, packing and padding-free batches.
+
+NEFTune (Jain et al. 2023, arXiv 2310.05914) adds, in training only,
+
+    noise = U(-1, 1) * alpha / sqrt(L * d)
+
+to the input embeddings of each sequence, L = that sequence's *real* token count, d = embedding
+width. Each noised token gets E[|noise|^2] = d * alpha^2/(3 L d), so the whole sequence receives
+alpha^2/3 in expectation, whatever L, d or batching. transformers' hook (and every trainer built
+on it) uses the padded row length instead: it noises padding, and a packed row of k documents
+shares one alpha^2/3 among all of them (each gets alpha^2/(3k)). Here L comes from the
+attention mask (padding gets exactly zero) or, for packed rows, from `position_ids` restarting at
+0 at each document, so every document gets its own L.
+
+Noise lives in the embedding *table's* space: for models whose embedding module scales its
+output (Gemma multiplies by sqrt(d) inside the module in transformers 5), the noise is multiplied
+by that same scale, i.e. it is exactly as if it had been added to the looked-up table rows before
+the model's own scale. So alpha means the same thing for every model family.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Optional
+
+import torch
+
+DISTRIBUTIONS = ("uniform", "gaussian")
+
+
+def _check_alpha(alpha) -> float:
+    try:
+        a = float(alpha)
+    except (TypeError, ValueError):
+        raise ValueError(f"neftune alpha must be a number, got {alpha!r}") from None
+    if not math.isfinite(a) or a < 0:
+        raise ValueError(f"neftune alpha must be finite and >= 0, got {alpha!r}")
+    return a
+
+
+def document_ids(shape, attention_mask=None, position_ids=None, device=None):
+    """(doc_id B×T long, valid B×T bool). doc_id numbers the sequences of each row from 0.
+
+    Padded rows: one document per row, valid = attention_mask. Packed / padding-free rows: a new
+    document starts wherever position_ids does not continue the previous position by +1 (so
+    both "restart at 0" and arbitrary offsets work). Neither given: the whole row is one document.
+    """
+    B, T = shape
+    valid = torch.ones(B, T, dtype=torch.bool, device=device)
+    if attention_mask is not None:
+        if attention_mask.dim() != 2:  # 4-D custom masks: cannot infer lengths, treat as unpadded
+            attention_mask = None
+        else:
+            valid = attention_mask.to(device=device).bool()
+    doc = torch.zeros(B, T, dtype=torch.long, device=device)
+    if position_ids is not None and position_ids.dim() == 2 and T > 1:
+        pos = position_ids.to(device).expand(B, T) if position_ids.shape[0] == 1 else position_ids.to(device)
+        starts = torch.ones(B, T, dtype=torch.long, device=device)
+        starts[:, 1:] = (pos[:, 1:] != pos[:, :-1] + 1).long()
+        doc = starts.cumsum(1) - 1
+    return doc, valid
+
+
+def per_token_length(doc: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """L of the document each token belongs to (B×T float), counting only valid tokens."""
+    B, T = doc.shape
+    counts = torch.zeros(B, T, dtype=torch.float32, device=doc.device)
+    counts.scatter_add_(1, doc, valid.float())
+    return counts.gather(1, doc)
+
+
+def neftune_noise(embeds: torch.Tensor, alpha: float, *, attention_mask=None, position_ids=None,
+                  distribution: str = "uniform", generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """The noise to add to `embeds` (B×T×d): U(-1,1)·alpha/sqrt(L·d) per sequence (see module doc).
+
+    distribution="gaussian" is the paper's ablation: N(0, sigma^2) with sigma = alpha/sqrt(3·L·d),
+    chosen so the expected energy per sequence is the same alpha^2/3 as the uniform one.
+    Padding (attention_mask == 0) gets exactly 0; a row or document with L == 0 gets 0, never NaN.
+    Drawn in float32 (bf16 has too few mantissa bits for small noise) and cast to embeds.dtype.
+    """
+    a = _check_alpha(alpha)
+    if distribution not in DISTRIBUTIONS:
+        raise ValueError(f"distribution must be one of {DISTRIBUTIONS}, got {distribution!r}")
+    if embeds.dim() != 3:
+        raise ValueError(f"embeds must be B×T×d, got shape {tuple(embeds.shape)}")
+    if a == 0.0:
+        return torch.zeros_like(embeds)
+    B, T, d = embeds.shape
+    doc, valid = document_ids((B, T), attention_mask, position_ids, device=embeds.device)
+    L = per_token_length(doc, valid)
+    scale = torch.where(valid & (L > 0), a / torch.sqrt(L.clamp(min=1.0) * d), torch.zeros_like(L))
+    if distribution == "uniform":
+        base = torch.rand((B, T, d), generator=generator, device=embeds.device, dtype=torch.float32) * 2 - 1
+    else:
+        base = torch.randn((B, T, d), generator=generator, device=embeds.device, dtype=torch.float32) / math.sqrt(3.0)
+    return (base * scale.unsqueeze(-1)).to(embeds.dtype)
+
+
+def sequence_energy(noise: torch.Tensor, attention_mask=None, position_ids=None) -> torch.Tensor:
+    """Sum of squared noise per sequence (per document for packed rows): 1-D, one entry per document."""
+    B, T, _ = noise.shape
+    doc, valid = document_ids((B, T), attention_mask, position_ids, device=noise.device)
+    tok = noise.float().pow(2).sum(-1) * valid
+    per_doc = torch.zeros(B, T, dtype=torch.float32, device=noise.device).scatter_add_(1, doc, tok)
+    n_docs = torch.zeros(B, T, dtype=torch.float32, device=noise.device).scatter_add_(1, doc, valid.float())
+    return per_doc[n_docs > 0]
+
+
+def _find_embedding(model) -> torch.nn.Module:
+    from .modeling import unwrap
+
+    base = unwrap(model)
+    if not hasattr(base, "get_input_embeddings"):
+        raise TypeError(f"{type(base).__name__} has no get_input_embeddings(): not a Hugging Face model?")
+    emb = base.get_input_embeddings()
+    if emb is None:
+        raise TypeError(f"{type(base).__name__}.get_input_embeddings() returned None")
+    return emb
+
+
+def _find_parent(model, child) -> Optional[torch.nn.Module]:
+    from .modeling import unwrap
+
+    for m in unwrap(model).modules():
+        if any(c is child for c in m.children()):
+            return m
+    return None
+
+
+class NEFTune:
+    """Hooks that make a Hugging Face causal LM NEFTune-noisy in training mode.
+
+    Use as a context manager (`with neftune.activate(model, 5): ...`) or call `remove()`.
+    - A forward pre-hook (with kwargs) on the module that owns the embedding (the decoder
+      backbone, reached through peft/DDP/FSDP/DeepSpeed wrappers) records the batch's
+      `attention_mask` / `position_ids`; the embedding's forward hook scales per sequence.
+    - Noise is added to the embedding module's output only while that module is in training mode,
+      and never inside `generate()` or a forward that carries a KV cache.
+    - Which tensor receives the noise: the embedding module's output, as `out + noise * s` where s
+      is the module's own output scale (`embed_scale`, Gemma's sqrt(d); 1 otherwise), i.e. noise
+      in embedding-table space. With gradient checkpointing the embedding is not recomputed, so the
+      noise seen in backward is the one drawn in forward.
+    - `pop_stats()` returns the measured noise energy per sequence relative to alpha^2/3
+      (mean/min/max) and the noise-to-token-norm ratio, accumulated since the last call.
+    """
+
+    def __init__(self, model, alpha: float, *, distribution: str = "uniform",
+                 generator: Optional[torch.Generator] = None, track_stats: bool = True):
+        self.alpha = _check_alpha(alpha)
+        if distribution not in DISTRIBUTIONS:
+            raise ValueError(f"distribution must be one of {DISTRIBUTIONS}, got {distribution!r}")
+        self.distribution, self.generator, self.track_stats = distribution, generator, track_stats
+        self.model = model
+        self.embedding = _find_embedding(model)
+        for h in self.embedding._forward_hooks.values():
+            name = getattr(h, "__name__", "")
+            if "neftune" in name and not isinstance(getattr(h, "__self__", None), NEFTune):
+                raise RuntimeError("transformers' own NEFTune hook is active on this model (neftune_noise_alpha "
+                                   "is set on the Trainer): unset it, neftune.activate replaces it")
+        if getattr(self.embedding, "_neftune_handle", None) is not None:
+            raise RuntimeError("NEFTune is already active on this model; remove() it first (noise never stacks)")
+        self.enabled = True
+        self._batch: dict = {}
+        self._in_generate = 0
+        self._reset_stats()
+        self._handles = []
+        owner = _find_parent(model, self.embedding) or self.embedding
+        self._handles.append(owner.register_forward_pre_hook(self._capture, with_kwargs=True))
+        self._handles.append(self.embedding.register_forward_hook(self._add_noise))
+        self.embedding._neftune_handle = self
+        self._patched_generate = False
+        if hasattr(model, "generate") and callable(model.generate):
+            orig = model.generate
+
+            def generate(*args, **kwargs):
+                self._in_generate += 1
+                try:
+                    return orig(*args, **kwargs)
+                finally:
+                    self._in_generate -= 1
+
+            model.generate = generate
+            self._patched_generate = True
+
+    # ---------------------------------------------------------------- hooks
+    def _capture(self, module, args, kwargs):
+        cache = kwargs.get("cache", None) or kwargs.get("past_key_values", None)
+        self._batch = {"attention_mask": kwargs.get("attention_mask"), "position_ids": kwargs.get("position_ids"),
+                       "has_cache": cache is not None}
+        return None
+
+    def _add_noise(self, module, inputs, output):
+        batch, self._batch = self._batch, {}  # one batch's mask is never reused for the next forward
+        if not (module.training and self.enabled and self.alpha > 0) or self._in_generate or batch.get("has_cache"):
+            return None
+        B, T = output.shape[:2]
+        mask, pos = batch.get("attention_mask"), batch.get("position_ids")
+        if mask is not None and tuple(mask.shape) != (B, T):
+            mask = None
+        if pos is not None and (pos.dim() != 2 or pos.shape[-1] != T):
+            pos = None
+        noise = neftune_noise(output, self.alpha, attention_mask=mask, position_ids=pos,
+                              distribution=self.distribution, generator=self.generator)
+        scale = getattr(module, "embed_scale", None)
+        if self.track_stats:
+            with torch.no_grad():
+                self._record(output, noise, mask, pos, scale)
+        if scale is not None:
+            noise = noise * torch.as_tensor(scale, device=noise.device).to(noise.dtype)
+        return output + noise
+
+    # ---------------------------------------------------------------- stats
+    def _reset_stats(self):
+        self._ratios, self._noise_sq, self._token_sq = [], 0.0, 0.0
+
+    def _record(self, output, noise, mask, pos, scale):
+        energy = sequence_energy(noise, mask, pos)
+        self._ratios.append((energy / (self.alpha ** 2 / 3)).cpu())
+        table = output.detach().float()
+        if scale is not None:
+            table = table / torch.as_tensor(scale, device=table.device).float()
+        valid = document_ids(output.shape[:2], mask, pos, device=output.device)[1].unsqueeze(-1)
+        self._noise_sq += float(noise.float().pow(2).mul(valid).sum())
+        self._token_sq += float(table.pow(2).mul(valid).sum())
+
+    def pop_stats(self, prefix: str = "") -> dict:
+        """{noise_energy_ratio_mean/min/max, noise_sequences, noise_to_token_norm} since last call."""
+        if not self._ratios:
+            return {}
+        r = torch.cat(self._ratios)
+        out = {
+            f"{prefix}noise_energy_ratio_mean": float(r.mean()),
+            f"{prefix}noise_energy_ratio_min": float(r.min()),
+            f"{prefix}noise_energy_ratio_max": float(r.max()),
+            f"{prefix}noise_sequences": int(r.numel()),
+            f"{prefix}noise_to_token_norm": math.sqrt(self._noise_sq / self._token_sq) if self._token_sq > 0 else float("nan"),
+        }
+        self._reset_stats()
+        return out
+
+    # ---------------------------------------------------------------- control
+    def paused(self):
+        """Context manager: no noise inside (e.g. for `clean_loss`)."""
+        handle = self
+
+        class _Paused:
+            def __enter__(self):
+                self.prev, handle.enabled = handle.enabled, False
+
+            def __exit__(self, *exc):
+                handle.enabled = self.prev
+                return False
+
+        return _Paused()
+
+    def remove(self):
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+        if getattr(self.embedding, "_neftune_handle", None) is self:
+            self.embedding._neftune_handle = None
+        if self._patched_generate:
+            try:
+                del self.model.generate
+            except AttributeError:
+                warnings.warn("could not restore model.generate")
+            self._patched_generate = False
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.remove()
+        return False
+
+
+def activate(model, alpha: float, **options) -> NEFTune:
+    """Make `model` NEFTune-noisy in training mode. Context manager or `.remove()`; see NEFTune."""
+    return NEFTune(model, alpha, **options)

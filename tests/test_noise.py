@@ -1,0 +1,211 @@
+"""NEFTune core: per-sequence energy alpha^2/3, zero on padding / eval / generate, packing-invariant."""
+import math
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+import neftune
+from neftune.noise import document_ids, neftune_noise, per_token_length, sequence_energy
+
+
+def _energy_ratios(alpha, dist, B, T, d, lengths, trials, gen):
+    mask = torch.zeros(B, T, dtype=torch.long)
+    for b, L in enumerate(lengths):
+        mask[b, :L] = 1
+    out = []
+    for _ in range(trials):
+        n = neftune_noise(torch.zeros(B, T, d), alpha, attention_mask=mask, distribution=dist, generator=gen)
+        assert torch.all(n[mask == 0] == 0)
+        out.append(sequence_energy(n, attention_mask=mask) / (alpha**2 / 3))
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("dist", ["uniform", "gaussian"])
+def test_energy_per_sequence_is_alpha2_over_3_for_many_shapes(dist):
+    gen = torch.Generator().manual_seed(0)
+    rng = torch.Generator().manual_seed(1)
+    for _ in range(12):
+        B = int(torch.randint(1, 5, (1,), generator=rng))
+        T = int(torch.randint(2, 40, (1,), generator=rng))
+        d = int(torch.randint(8, 96, (1,), generator=rng))
+        alpha = float(torch.empty(1).uniform_(1, 15, generator=rng))
+        lengths = torch.randint(1, T + 1, (B,), generator=rng).tolist()
+        r = _energy_ratios(alpha, dist, B, T, d, lengths, trials=60, gen=gen)
+        # each sequence separately, averaged over trials: within a few percent of 1
+        assert torch.allclose(r.mean(0), torch.ones(B), atol=0.06), (B, T, d, lengths, r.mean(0))
+
+
+def test_transformers_row_length_scaling_is_what_we_fix():
+    """Under the padded-row scaling the energy of a short sequence would be L/T of alpha^2/3."""
+    n = neftune_noise(torch.zeros(1, 100, 64), 5.0, attention_mask=torch.cat([torch.ones(1, 10), torch.zeros(1, 90)], 1))
+    L = per_token_length(*document_ids((1, 100), torch.cat([torch.ones(1, 10), torch.zeros(1, 90)], 1)))
+    assert L[0, 0] == 10 and n[0, 10:].abs().sum() == 0
+
+
+def test_packed_documents_each_get_their_own_energy():
+    gen = torch.Generator().manual_seed(0)
+    lens = [3, 17, 1, 40, 9]
+    pos = torch.cat([torch.arange(L) for L in lens]).unsqueeze(0)
+    ratios = []
+    for _ in range(200):
+        n = neftune_noise(torch.zeros(1, pos.shape[1], 32), 5.0, position_ids=pos, generator=gen)
+        e = sequence_energy(n, position_ids=pos)
+        assert e.numel() == len(lens)
+        ratios.append(e / (25 / 3))
+    mean = torch.stack(ratios).mean(0)
+    assert torch.allclose(mean, torch.ones(len(lens)), atol=0.06), mean
+
+
+def test_same_scale_padded_packed_and_padding_free():
+    lens = [4, 7, 2]
+    T = max(lens)
+    mask = torch.zeros(len(lens), T, dtype=torch.long)
+    for b, L in enumerate(lens):
+        mask[b, :L] = 1
+    padded = per_token_length(*document_ids((3, T), attention_mask=mask))
+    pos = torch.cat([torch.arange(L) for L in lens]).unsqueeze(0)
+    packed = per_token_length(*document_ids((1, sum(lens)), position_ids=pos))
+    # padding-free with a trailing pad region and both mask and position ids
+    pos2 = torch.cat([pos, torch.zeros(1, 3, dtype=torch.long)], 1)
+    mask2 = torch.cat([torch.ones(1, sum(lens)), torch.zeros(1, 3)], 1)
+    packed2 = per_token_length(*document_ids((1, sum(lens) + 3), attention_mask=mask2, position_ids=pos2))
+    expect = torch.cat([torch.full((L,), float(L)) for L in lens])
+    assert torch.equal(padded[mask.bool()], expect)
+    assert torch.equal(packed[0], expect)
+    assert torch.equal(packed2[0, : sum(lens)], expect)
+    # identical noise magnitude: |noise| <= alpha/sqrt(L d) and the bound is attained per sequence
+    n = neftune_noise(torch.zeros(1, sum(lens), 1000), 5.0, position_ids=pos)
+    for i, (s, L) in enumerate(zip([0, 4, 11], lens)):
+        m = n[0, s : s + L].abs().max()
+        assert 0.95 * 5 / math.sqrt(L * 1000) < m <= 5 / math.sqrt(L * 1000) + 1e-7
+
+
+def test_zero_alpha_empty_rows_and_bad_alpha():
+    assert torch.equal(neftune_noise(torch.randn(2, 5, 8), 0.0), torch.zeros(2, 5, 8))
+    n = neftune_noise(torch.randn(2, 5, 8), 5.0, attention_mask=torch.tensor([[1, 1, 0, 0, 0], [0] * 5]))
+    assert torch.isfinite(n).all() and n[1].abs().sum() == 0
+    for bad in (-1.0, float("nan"), float("inf"), "x"):
+        with pytest.raises(ValueError, match="alpha"):
+            neftune_noise(torch.zeros(1, 2, 4), bad)
+    with pytest.raises(ValueError, match="distribution"):
+        neftune_noise(torch.zeros(1, 2, 4), 1.0, distribution="laplace")
+
+
+def test_dtype_preserved():
+    n = neftune_noise(torch.zeros(2, 3, 8, dtype=torch.bfloat16), 5.0)
+    assert n.dtype == torch.bfloat16 and n.abs().sum() > 0
+
+
+# ----------------------------------------------------------------------------- hooks on real models
+@pytest.fixture(params=["llama", "gemma"])
+def model(request, tiny_llama_dir, tiny_gemma_dir):
+    path = tiny_llama_dir if request.param == "llama" else tiny_gemma_dir
+    return AutoModelForCausalLM.from_pretrained(path)
+
+
+def _embeds(model, ids, **kw):
+    captured = {}
+    h = model.get_input_embeddings().register_forward_hook(lambda m, i, o: captured.setdefault("e", o.detach().clone()))
+    model(input_ids=ids, use_cache=False, **kw)
+    h.remove()
+    return captured["e"]
+
+
+def test_hook_noise_train_only_zero_on_padding(model):
+    ids = torch.randint(3, 100, (2, 12))
+    mask = torch.ones(2, 12, dtype=torch.long)
+    mask[1, 5:] = 0
+    model.train()
+    clean = _embeds(model, ids, attention_mask=mask)
+    with neftune.activate(model, 5.0) as h:
+        noisy = _embeds(model, ids, attention_mask=mask)
+        diff = noisy - clean
+        assert torch.all(diff[1, 5:] == 0) and diff[0].abs().sum() > 0
+        stats = h.pop_stats()
+        assert stats["noise_sequences"] == 2
+        model.eval()
+        assert torch.equal(_embeds(model, ids, attention_mask=mask), clean)
+        model.train()
+        # generate() in train mode adds nothing: greedy output equals the no-hook output
+        out_noisy = model.generate(ids[:1], max_new_tokens=4, do_sample=False)
+        assert h._in_generate == 0
+    out_clean = model.generate(ids[:1], max_new_tokens=4, do_sample=False)
+    assert torch.equal(out_noisy, out_clean)
+    assert torch.equal(_embeds(model, ids, attention_mask=mask), clean)  # hooks gone
+
+
+def test_gemma_noise_is_in_table_space(tiny_gemma_dir):
+    model = AutoModelForCausalLM.from_pretrained(tiny_gemma_dir).train()
+    emb = model.get_input_embeddings()
+    scale = float(emb.embed_scale)
+    assert scale > 1
+    ids = torch.randint(3, 100, (1, 30))
+    clean = _embeds(model, ids)
+    ratios = []
+    with neftune.activate(model, 5.0, generator=torch.Generator().manual_seed(0)) as h:
+        for _ in range(100):
+            noise_out = _embeds(model, ids) - clean
+            ratios.append(float(noise_out.pow(2).sum()) / scale**2 / (25 / 3))
+        stats = h.pop_stats()
+    assert abs(sum(ratios) / len(ratios) - 1) < 0.05
+    assert abs(stats["noise_energy_ratio_mean"] - 1) < 0.05
+    # the logged ratio is relative to the *table* rows, i.e. independent of Gemma's sqrt(d)
+    table_norm = emb.weight[ids[0]].norm()
+    assert stats["noise_to_token_norm"] == pytest.approx(math.sqrt(25 / 3) / float(table_norm), rel=0.1)
+
+
+def test_hooks_removed_on_exception_and_never_stack(model):
+    emb = model.get_input_embeddings()
+    n_hooks = len(emb._forward_hooks)
+    with pytest.raises(KeyError):
+        with neftune.activate(model, 5.0):
+            assert len(emb._forward_hooks) == n_hooks + 1
+            raise KeyError("boom")
+    assert len(emb._forward_hooks) == n_hooks
+    assert not hasattr(model, "generate") or "generate" not in model.__dict__
+    with neftune.activate(model, 5.0):
+        with pytest.raises(RuntimeError, match="already active"):
+            neftune.activate(model, 5.0)
+    assert len(emb._forward_hooks) == n_hooks
+
+
+def test_packed_forward_per_document_stats(model):
+    model.train()
+    lens = [5, 9, 3, 7]
+    pos = torch.cat([torch.arange(L) for L in lens]).unsqueeze(0)
+    ids = torch.randint(3, 100, (1, sum(lens)))
+    with neftune.activate(model, 5.0, generator=torch.Generator().manual_seed(0)) as h:
+        for _ in range(100):
+            model(input_ids=ids, position_ids=pos, use_cache=False)
+        s = h.pop_stats()
+    assert s["noise_sequences"] == 100 * len(lens)
+    assert abs(s["noise_energy_ratio_mean"] - 1) < 0.05
+
+
+def test_gradients_flow_and_gradient_checkpointing(model):
+    model.train()
+    model.gradient_checkpointing_enable()
+    ids = torch.randint(3, 100, (2, 10))
+    with neftune.activate(model, 5.0):
+        loss = model(input_ids=ids, labels=ids, use_cache=False).loss
+        loss.backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads)
+
+
+def test_lora_peft_model(tiny_llama_dir):
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_llama_dir),
+                           LoraConfig(r=4, target_modules="all-linear"))
+    model.train()
+    ids = torch.randint(3, 100, (2, 10))
+    mask = torch.ones_like(ids)
+    mask[0, 6:] = 0
+    with neftune.activate(model, 5.0) as h:
+        loss = model(input_ids=ids, attention_mask=mask, labels=ids, use_cache=False).loss
+        loss.backward()
+        assert h.pop_stats()["noise_sequences"] == 2
+    lora_grads = [p.grad for n, p in model.named_parameters() if "lora_" in n]
+    assert lora_grads and all(g is not None for g in lora_grads)
