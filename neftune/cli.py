@@ -1,0 +1,89 @@
+"""`neftune train|eval|compare [CONFIG.yaml] [key=value ...]` — the help text of each command is
+generated from the typed config's attribute docstrings (neftune/config.py)."""
+from __future__ import annotations
+
+import os
+import sys
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from .config import help_text, load_config  # noqa: E402
+from .errors import NeftuneError  # noqa: E402
+
+USAGE = {
+    "train": "neftune train [CONFIG.yaml] [key=value ...]\n  Finetune a model (LoRA or full) with NEFTune noise.",
+    "eval": "neftune eval RUN_DIR [--against OTHER_RUN_DIR] [CONFIG.yaml] [key=value ...]\n"
+            "  Generate, score and (with --against) judge a finished run; writes RUN_DIR/eval/.",
+    "compare": "neftune compare [CONFIG.yaml] [key=value ...]\n"
+               "  Baseline (alpha=0) vs NEFTune variants over seeds, evaluation, alpha selection, report.",
+}
+TOP_FIELDS = {
+    "train": None,
+    "eval": {"eval", "model", "output_dir", "seed"},
+    "compare": None,
+}
+
+
+def _help(cmd: str) -> str:
+    return f"usage: {USAGE[cmd]}\n\nConfig keys (YAML or key=value, dotted for nested):\n{help_text(only=TOP_FIELDS[cmd])}\n"
+
+
+def _split(argv):
+    cfg_file, overrides, rest = None, [], []
+    for a in argv:
+        if "=" in a and not a.startswith("-"):
+            overrides.append(a)
+        elif a.endswith((".yaml", ".yml")) and cfg_file is None:
+            cfg_file = a
+        else:
+            rest.append(a)
+    return cfg_file, overrides, rest
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in USAGE:
+        print("usage: neftune {train,eval,compare} [-h] ...\n\n" + "\n\n".join(USAGE.values()))
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    cmd, args = argv[0], argv[1:]
+    if "-h" in args or "--help" in args:
+        print(_help(cmd))
+        return 0
+    try:
+        cfg_file, overrides, rest = _split(args)
+        if cmd == "train":
+            if rest:
+                raise NeftuneError(f"unexpected arguments: {rest}")
+            from .train import train
+
+            train(load_config(cfg_file, overrides))
+        elif cmd == "eval":
+            against = None
+            if "--against" in rest:
+                i = rest.index("--against")
+                if i + 1 >= len(rest):
+                    raise NeftuneError("--against needs a run dir")
+                against = rest[i + 1]
+                rest = rest[:i] + rest[i + 2:]
+            if len(rest) != 1:
+                raise NeftuneError("neftune eval needs exactly one RUN_DIR")
+            from .evaluation.run import evaluate_cli
+
+            evaluate_cli(rest[0], against=against, cfg_file=cfg_file, overrides=overrides)
+        else:
+            if rest:
+                raise NeftuneError(f"unexpected arguments: {rest}")
+            from .compare import compare
+
+            compare(load_config(cfg_file, overrides))
+    except NeftuneError as e:
+        print(f"neftune {cmd}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"neftune {cmd}: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
