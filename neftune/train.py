@@ -31,6 +31,16 @@ from .noise import activate
 from .tracking import MetricsLogger
 
 
+def _failpoint(name: str, step: int):
+    """Fault injection for the crash tests: NEFTUNE_FAILPOINT=after_step:5 or during_save:4 makes
+    this process SIGKILL itself there (a real kill -9, at a reproducible point)."""
+    spec = os.environ.get("NEFTUNE_FAILPOINT")
+    if spec and spec == f"{name}:{step}":
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 class LossModule(torch.nn.Module):
     """Wraps the model so DDP/FSDP see one forward that returns (loss_sum, n_tokens)."""
 
@@ -94,6 +104,7 @@ def save_checkpoint(accelerator, model, tokenizer, optimizer, scheduler, noise_g
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     rank = accelerator.process_index
     torch.save(_rng_state(noise_gen), tmp / f"rng_state_{rank}.pth")
+    _failpoint("during_save", step)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         (tmp / "trainer_state.json").write_text(json.dumps({"global_step": step}))
@@ -304,6 +315,7 @@ def train(cfg: Config) -> dict:
                 logger.log(rec)
                 pbar.set_postfix(loss=f"{step_loss:.3f}", **({"clean": f"{rec['clean_loss']:.3f}"} if "clean_loss" in rec else {}))
             pbar.update(1)
+            _failpoint("after_step", step)
             if cfg.save_steps and step % cfg.save_steps == 0 and step < total_steps:
                 save_checkpoint(acc, model, tokenizer, optimizer, scheduler, noise_gen, step, out, cfg.save_total_limit)
     finally:

@@ -55,47 +55,44 @@ def _read_jsonl(path, data: bytes) -> Iterator:
             yield i, DataError(path, i, "invalid_json", _short(e))
 
 
+_WS = re.compile(r"[ \t\r\n]*")
+_SURROGATE = re.compile("[\udc80-\udcff]")  # where surrogateescape put bytes that are not UTF-8
+
+
 def _read_json_array(path, text: str) -> Iterator:
     # Record by record with raw_decode so each record knows the line it starts on. A syntax error
     # inside a list leaves no reliable place to resume, so it raises even with on_bad_record=skip.
-    dec, pos, line, first = json.JSONDecoder(), text.index("[") + 1, 1, True
-    line += text.count("\n", 0, pos)
+    dec, mark = json.JSONDecoder(), [0, 1]  # (pos, line) counted so far: O(file) line tracking
 
-    def skip_ws(p):
-        while p < len(text) and text[p] in " \t\r\n":
-            p += 1
-        return p
+    def line_at(p):
+        mark[1] += text.count("\n", mark[0], p)
+        mark[0] = p
+        return mark[1]
 
+    pos, first = _WS.match(text, text.index("[") + 1).end(), True
     while True:
-        new = skip_ws(pos)
-        line, pos = line + text.count("\n", pos, new), new
         if pos >= len(text):
-            raise DataError(path, line, "invalid_json", "unterminated list (missing ']')")
+            raise DataError(path, line_at(pos), "invalid_json", "unterminated list (missing ']')")
         if text[pos] == "]":
             if text[pos + 1:].strip():
-                raise DataError(path, line, "invalid_json", "extra data after the closing ']'")
+                raise DataError(path, line_at(pos), "invalid_json", "extra data after the closing ']'")
             return
         if not first:
             if text[pos] != ",":
-                raise DataError(path, line, "invalid_json", f"expected ',' or ']', got {text[pos]!r}")
-            new = skip_ws(pos + 1)
-            line, pos = line + text.count("\n", pos, new), new
-        first = False
+                raise DataError(path, line_at(pos), "invalid_json", f"expected ',' or ']', got {text[pos]!r}")
+            pos = _WS.match(text, pos + 1).end()
+        first, line = False, line_at(pos)
         try:
             obj, end = dec.raw_decode(text, pos)
         except json.JSONDecodeError as e:
             raise DataError(path, e.lineno, "invalid_json", e.msg) from None
         except (ValueError, RecursionError) as e:
             raise DataError(path, line, "invalid_json", _short(e)) from None
-        # Bytes that were not UTF-8 were decoded as lone surrogates (surrogateescape).
         if _SURROGATE.search(text, pos, end):
             yield line, DataError(path, line, "not_utf8", "record contains bytes that are not UTF-8")
         else:
             yield line, obj
-        line, pos = line + text.count("\n", pos, end), end
-
-
-_SURROGATE = re.compile("[\udc80-\udcff]")
+        pos = _WS.match(text, end).end()
 
 
 def _read_csv(path, text: str) -> Iterator:
@@ -114,12 +111,6 @@ def _read_csv(path, text: str) -> Iterator:
         raise DataError(path, reader.line_num, "unknown_format", f"malformed CSV: {_short(e)}") from None
 
 
-def _read_table(path, rows) -> Iterator:
-    # parquet / datasets: "line" is the 1-based row number.
-    for i, row in enumerate(rows, 1):
-        yield i, row
-
-
 def _read_parquet(path) -> list:
     try:
         import pyarrow.parquet as pq
@@ -129,19 +120,14 @@ def _read_parquet(path) -> list:
 
 
 def _read_datasets(path, from_disk: bool) -> list:
+    if not from_disk and any(os.environ.get(v, "0") not in ("0", "") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")):
+        raise DataError(path, None, "not_found", "no such file, and the hub is offline (HF_HUB_OFFLINE)")
     try:
         import datasets
-        if from_disk:
-            ds = datasets.load_from_disk(path)
-        else:
-            if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "") or os.environ.get("HF_DATASETS_OFFLINE", "0") not in ("0", ""):
-                raise DataError(path, None, "not_found", "no such file, and the hub is offline (HF_HUB_OFFLINE)")
-            ds = datasets.load_dataset(path)
+        ds = datasets.load_from_disk(path) if from_disk else datasets.load_dataset(path)
         if isinstance(ds, (datasets.DatasetDict, dict)):  # a dict of splits: prefer train
             ds = ds["train"] if "train" in ds else ds[next(iter(ds))]
         return ds.to_list()
-    except DataError:
-        raise
     except Exception as e:  # datasets/fsspec/arrow/network errors all mean "cannot load this"
         what = "cannot load saved dataset" if from_disk else "not a local file and the hub load failed"
         raise DataError(path, None, "not_found" if not from_disk else "unknown_format", f"{what}: {_short(e)}") from None
@@ -151,17 +137,17 @@ def _iter_raw(path: str) -> Iterator:
     p = Path(path)
     if p.is_dir():
         if any((p / f).exists() for f in ("dataset_info.json", "state.json", "dataset_dict.json")):
-            return _read_table(path, _read_datasets(path, from_disk=True))
+            return enumerate(_read_datasets(path, from_disk=True), 1)  # line = 1-based row
         raise DataError(path, None, "unknown_format", "a directory that is not a dataset saved with save_to_disk")
     ext = p.suffix.lower()
     if not p.exists():
-        if ext in (".json", ".jsonl", ".parquet", ".csv") or os.sep in path or not _HUB_ID.match(path):
+        if ext in (".json", ".jsonl", ".parquet", ".csv") or path.startswith(("/", ".", "~")) or not _HUB_ID.match(path):
             raise DataError(path, None, "not_found", "no such file")
-        return _read_table(path, _read_datasets(path, from_disk=False))
+        return enumerate(_read_datasets(path, from_disk=False), 1)
     if ext not in (".json", ".jsonl", ".parquet", ".csv"):
         raise DataError(path, None, "unknown_format", f"unknown extension {ext!r} (use .json .jsonl .parquet .csv)")
     if ext == ".parquet":
-        return _read_table(path, _read_parquet(path))
+        return enumerate(_read_parquet(path), 1)
     try:
         data = p.read_bytes()
     except OSError as e:
@@ -225,6 +211,8 @@ def _text(obj: dict, key: str, where, required=True, what=None) -> Optional[str]
 
 
 def _turns(items, where, role_key, text_key, field) -> list[dict]:
+    if items is None:
+        raise DataError(*where, "missing_field", f"no '{field}' field")
     if not isinstance(items, list):
         raise DataError(*where, "wrong_type", f"'{field}' must be a list, got {type(items).__name__}")
     out = []
@@ -266,7 +254,6 @@ def normalize(obj, fmt: str, path, line, require_answer: bool = True) -> dict:
     where = (path, line)
     if not isinstance(obj, dict):
         raise DataError(*where, "wrong_type", f"a record must be an object, got {type(obj).__name__}")
-    extra = {}
     if fmt == "alpaca":
         instruction = _text(obj, "instruction", where)
         inp = _text(obj, "input", where, required=False) or ""
@@ -279,34 +266,24 @@ def normalize(obj, fmt: str, path, line, require_answer: bool = True) -> dict:
         if output is not None:
             msgs.append({"role": "assistant", "content": output})
     elif fmt == "sharegpt":
-        msgs = _turns(obj.get("conversations"), where, "from", "value", "conversations") if "conversations" in obj \
-            else _missing(where, "conversations")
+        msgs = _turns(obj.get("conversations"), where, "from", "value", "conversations")
     elif fmt == "messages":
-        msgs = _turns(obj.get("messages"), where, "role", "content", "messages") if "messages" in obj \
-            else _missing(where, "messages")
-    elif fmt == "prompt_completion":
+        msgs = _turns(obj.get("messages"), where, "role", "content", "messages")
+    elif fmt == "prompt_completion":  # prompt: text or a message list; completion: text or [assistant msg]
         prompt = obj.get("prompt")
-        if prompt is None:
-            _missing(where, "prompt")
         msgs = _turns(prompt, where, "role", "content", "prompt") if isinstance(prompt, list) \
             else [{"role": "user", "content": _text(obj, "prompt", where)}]
         completion = obj.get("completion")
-        if isinstance(completion, list):  # conversational completion: [{"role": "assistant", ...}]
+        if isinstance(completion, list):
             msgs += _turns(completion, where, "role", "content", "completion")
         elif completion is not None or require_answer:
             msgs.append({"role": "assistant", "content": _text(obj, "completion", where)})
     else:
         raise DataError(path, None, "unknown_format", f"unknown format {fmt!r} (one of {', '.join(FORMATS)})")
-    for key in ("category", "question_id", "reference"):  # kept for eval sets
-        if key in obj:
-            extra[key] = obj[key]
+    extra = {k: obj[k] for k in ("category", "question_id", "reference") if k in obj}  # eval-set metadata
     rid = obj.get("id")
     rid = str(rid) if isinstance(rid, (str, int)) and not isinstance(rid, bool) else f"{Path(str(path)).name}:{line}"
     return {"messages": _check(msgs, where, require_answer), "source": f"{path}:{line}", "id": rid, **extra}
-
-
-def _missing(where, key):
-    raise DataError(*where, "missing_field", f"no '{key}' field")
 
 
 def load_records(path, format: str = "auto", columns: Optional[dict] = None, on_bad_record: str = "error",

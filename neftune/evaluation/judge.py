@@ -132,7 +132,12 @@ class _Retryable(Exception):
 
 
 class LLMJudge:
-    """AlpacaEval-style pairwise judge on an OpenAI-compatible chat-completions endpoint."""
+    """AlpacaEval-style pairwise judge on an OpenAI-compatible chat-completions endpoint.
+
+    ``stats``: calls (HTTP requests sent, retries included), cache_hits (single-order verdicts read
+    from the cache), retries, unusable_replies (single-order replies naming neither output, fresh or
+    cached), failures (questions given up with JudgeError), cache_bad_lines (unreadable cache lines,
+    e.g. a last line cut by a kill mid-write)."""
 
     def __init__(self, base_url: Optional[str], model: str, api_key_env: str = "OPENAI_API_KEY",
                  max_retries: int = 5, timeout: float = 60.0, cache_path=None, backoff: float = 1.0,
@@ -212,23 +217,31 @@ class LLMJudge:
 
         messages = [{"role": "system", "content": SYSTEM_PROMPT},
                     {"role": "user", "content": USER_TEMPLATE.format(instruction=prompt, output_1=first, output_2=second)}]
+        # Errors are classified inside the except blocks but raised after them, so the openai
+        # exception (whose text may quote the request) is not even chained as __context__.
+        retry = fatal = None
         try:
             resp = self._client.chat.completions.create(model=self.model, messages=messages, **self.request_kwargs)
         except openai.APIStatusError as e:
-            if e.status_code == 429 or e.status_code >= 500 or e.status_code == 408:
-                raise _Retryable(f"HTTP {e.status_code}") from None
-            raise JudgeError(self._redact(f"judge endpoint refused the request (HTTP {e.status_code}): {e.message}")) from None
+            if e.status_code in (408, 429) or e.status_code >= 500:
+                retry = f"HTTP {e.status_code}"
+            else:
+                fatal = f"judge endpoint refused the request (HTTP {e.status_code}): {e.message}"
         except (openai.APITimeoutError, openai.APIConnectionError) as e:
-            raise _Retryable(type(e).__name__) from None
+            retry = type(e).__name__
         except (openai.APIError, ValueError) as e:  # ValueError covers json.JSONDecodeError
-            raise _Retryable(f"malformed response ({type(e).__name__})") from None
+            retry = f"malformed response ({type(e).__name__})"
+        if fatal is not None:
+            raise JudgeError(self._redact(fatal))
+        if retry is not None:
+            raise _Retryable(retry)
         try:
             content = resp.choices[0].message.content
         except (AttributeError, IndexError, TypeError, KeyError):
-            raise _Retryable("malformed response (no choices[0].message.content)") from None
+            content = None  # a non-JSON body comes back as a plain str without .choices
         if content is None:
-            # A 200 with no message text is as unusable as a garbled body: worth another try.
-            raise _Retryable("malformed response (empty content)")
+            # A 200 without message text is as broken as a garbled body: worth another try.
+            raise _Retryable("malformed response (no choices[0].message.content)")
         return content
 
     def _ask(self, prompt: str, first: str, second: str) -> Optional[str]:

@@ -8,6 +8,8 @@ Each request first consumes the next scripted action (if any), then falls back t
     ("malformed",)      200 with content-type application/json but a broken JSON body
     ("drop",)           close the connection without any response
     ("reply", text)     answer with this text
+    ("echo", code)      error status whose message echoes the request's Authorization header (a
+                        careless proxy): the judge must redact the key from what it raises
 
 ``policy(first_output, second_output, body) -> str`` decides the answer text otherwise.
 The server checks the Authorization header against ``expected_key`` (401 if wrong).
@@ -43,7 +45,7 @@ class FakeOpenAI:
         self.policy = policy
         self.script = list(script)
         self.expected_key = expected_key
-        self.requests = []  # (headers dict, parsed body or None)
+        self.requests = []  # (headers dict with lower-cased names, parsed body or None)
         self.lock = threading.Lock()
         fake = self
 
@@ -68,7 +70,7 @@ class FakeOpenAI:
                 except ValueError:
                     body = None
                 with fake.lock:
-                    fake.requests.append((dict(self.headers), body))
+                    fake.requests.append(({k.lower(): v for k, v in self.headers.items()}, body))
                     action = fake.script.pop(0) if fake.script else None
                 if self.path != "/v1/chat/completions":
                     return self._send(404, b'{"error": {"message": "not found"}}')
@@ -78,6 +80,9 @@ class FakeOpenAI:
                     kind = action[0]
                     if kind == "status":
                         err = {"error": {"message": f"scripted {action[1]}", "type": "server_error"}}
+                        return self._send(action[1], json.dumps(err).encode())
+                    if kind == "echo":
+                        err = {"error": {"message": f"rejected {self.headers.get('Authorization')}"}}
                         return self._send(action[1], json.dumps(err).encode())
                     if kind == "malformed":
                         return self._send(200, b'{"id": "x", "choices": [')

@@ -1,0 +1,121 @@
+"""Training pipeline on tiny models: parameters change, outputs reload and generate, loss matches
+the straightforward path, SIGKILL + resume is bit-exact, NaN stops with a message, --help."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from neftune.cli import main
+from neftune.config import load_config
+from neftune.errors import TrainingDiverged
+from neftune.modeling import supervised_loss
+from neftune.train import list_checkpoints, train
+
+DATA = str(Path(__file__).parent / "assets" / "tiny_alpaca.jsonl")
+
+
+def cfg_for(model_dir, out, *extra):
+    return load_config(None, [f"model={model_dir}", f"output_dir={out}", f"data.path={DATA}", "data.eval_size=4",
+                              "data.max_length=256", "max_steps=6", "per_device_train_batch_size=4", "learning_rate=1e-3",
+                              "save_steps=2", "logging_steps=1", "clean_loss_steps=2", "report_to=[jsonl]",
+                              "neftune_noise_alpha=5", *extra])
+
+
+def losses(run):
+    return [(r["step"], r["loss"], r.get("clean_loss")) for r in map(json.loads, Path(run, "metrics.jsonl").read_text().splitlines())
+            if "loss" in r]
+
+
+def test_full_finetune_changes_params_reloads_and_generates(tmp_path, tiny_llama_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    summary = train(cfg_for(tiny_llama_dir, tmp_path / "run"))
+    before, after = load_file(Path(tiny_llama_dir) / "model.safetensors"), load_file(tmp_path / "run" / "model.safetensors")
+    changed = [k for k in before if k in after and not torch.equal(before[k], after[k])]
+    assert len(changed) > len(before) // 2
+    assert summary["steps"] == 6 and summary["heldout_loss"] > 0
+    assert (tmp_path / "run" / "config.yaml").exists() and (tmp_path / "run" / "data" / "heldout.jsonl").exists()
+    m = AutoModelForCausalLM.from_pretrained(tmp_path / "run")
+    tok = AutoTokenizer.from_pretrained(tmp_path / "run")
+    out = m.generate(**tok("Hello", return_tensors="pt"), max_new_tokens=3, do_sample=False)
+    assert out.shape[1] > 1
+    recs = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert all(abs(r["noise_energy_ratio_mean"] - 1) < 0.5 for r in recs if "noise_energy_ratio_mean" in r)
+    assert any("clean_loss" in r for r in recs) and recs[-1].get("heldout_loss") is not None
+
+
+def test_lora_gemma_adapter_reloads(tmp_path, tiny_gemma_dir):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    train(cfg_for(tiny_gemma_dir, tmp_path / "run", "lora.r=4", "data.packing=true", "max_steps=3"))
+    assert (tmp_path / "run" / "adapter_config.json").exists()
+    adapter = load_file(tmp_path / "run" / "adapter_model.safetensors")
+    assert any(("lora_B" in k) and v.abs().sum() > 0 for k, v in adapter.items())  # B starts at 0
+    m = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_gemma_dir), tmp_path / "run")
+    assert m.generate(input_ids=torch.tensor([[1, 5, 6]]), max_new_tokens=2).shape[1] == 5
+
+
+def test_supervised_loss_equals_model_loss(tiny_gemma_dir):
+    from transformers import AutoModelForCausalLM
+
+    m = AutoModelForCausalLM.from_pretrained(tiny_gemma_dir)
+    ids = torch.randint(3, 100, (2, 12))
+    labels = ids.clone()
+    labels[:, :5] = -100
+    mask = torch.ones_like(ids)
+    mask[1, 9:] = 0
+    labels[1, 9:] = -100
+    ours, n = supervised_loss(m, {"input_ids": ids, "attention_mask": mask, "labels": labels})
+    ref = m(input_ids=ids, attention_mask=mask, labels=labels, use_cache=False).loss
+    assert n == int((labels[:, 1:] != -100).sum())
+    assert torch.allclose(ours, ref, atol=1e-5)
+
+
+def _cli(args, env_extra=None):
+    env = {**os.environ, **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", "neftune.cli", *args], env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_sigkill_and_resume_is_bit_exact(tmp_path, tiny_llama_dir):
+    base = [f"model={tiny_llama_dir}", f"data.path={DATA}", "data.eval_size=4", "data.max_length=256", "max_steps=6",
+            "per_device_train_batch_size=4", "learning_rate=1e-3", "save_steps=2", "clean_loss_steps=2",
+            "report_to=[jsonl]", "neftune_noise_alpha=5", "seed=3"]
+    ref = _cli(["train", f"output_dir={tmp_path/'ref'}", *base])
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    # killed (-9) after step 5: checkpoints 2 and 4 exist
+    k = _cli(["train", f"output_dir={tmp_path/'b'}", *base], {"NEFTUNE_FAILPOINT": "after_step:5"})
+    assert k.returncode == -9
+    assert [p.name for p in list_checkpoints(tmp_path / "b")] == ["checkpoint-2", "checkpoint-4"]
+    r = _cli(["train", f"output_dir={tmp_path/'b'}", "resume_from_checkpoint=latest", *base])
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert losses(tmp_path / "b") == losses(tmp_path / "ref")  # bit for bit, noise included
+    # killed during the save of checkpoint-4: the half-written one is never loaded
+    k = _cli(["train", f"output_dir={tmp_path/'c'}", *base], {"NEFTUNE_FAILPOINT": "during_save:4"})
+    assert k.returncode == -9 and (tmp_path / "c" / ".tmp-checkpoint-4").exists()
+    assert [p.name for p in list_checkpoints(tmp_path / "c")] == ["checkpoint-2"]
+    r = _cli(["train", f"output_dir={tmp_path/'c'}", "resume_from_checkpoint=latest", *base])
+    assert r.returncode == 0 and "removing incomplete checkpoint" in r.stdout + r.stderr
+    assert losses(tmp_path / "c") == losses(tmp_path / "ref")
+
+
+def test_nan_loss_stops_with_step_and_keeps_checkpoint(tmp_path, tiny_llama_dir):
+    cfg = cfg_for(tiny_llama_dir, tmp_path / "run", "learning_rate=1e30", "max_grad_norm=0", "save_steps=1")
+    with pytest.raises(TrainingDiverged, match=r"step \d+: non-finite") as e:
+        train(cfg)
+    assert list_checkpoints(tmp_path / "run")
+    assert "Last good checkpoint" in str(e.value)
+
+
+def test_help_lists_config_fields(capsys):
+    assert main(["train", "--help"]) == 0
+    text = capsys.readouterr().out
+    for key in ("neftune_noise_alpha", "learning_rate", "max_steps", "data.max_length", "lora.r", "report_to", "output_dir"):
+        assert key in text
+    assert main(["train", "data.max_lenght=3"]) == 1
+    assert "did you mean 'data.max_length'" in capsys.readouterr().err
