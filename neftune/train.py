@@ -204,7 +204,7 @@ def train(cfg: Config) -> dict:
     from .data import build_datasets, make_batches
 
     t0 = time.time()
-    acc = Accelerator()
+    acc = Accelerator(cpu=not torch.cuda.is_available())  # cpu=True: gloo multi-process on CPU boxes
     out = Path(cfg.output_dir)
     if acc.is_main_process:
         out.mkdir(parents=True, exist_ok=True)

@@ -48,7 +48,7 @@ def eval_records(run_dir, name: str, cfg: Config) -> list[dict]:
         recs = _read_jsonl(Path(run_dir) / "data" / "train.jsonl")
     else:
         recs = load_records(name, format=cfg.data.format, columns=cfg.data.columns or None,
-                            on_bad_record=cfg.data.on_bad_record)
+                            on_bad_record=cfg.data.on_bad_record, require_answer=False)
     n = cfg.eval.num_samples if name != "train" else cfg.eval.overfit_samples
     return recs[:n] if n else recs
 

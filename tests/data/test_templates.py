@@ -135,3 +135,17 @@ def test_chat_without_template_is_config_error(tiny_tokenizer):
     tok.chat_template = None
     with pytest.raises(ConfigError):
         tokenize_example(load_records(DATA / "alpaca.json")[0], tok, template="chat")
+
+
+def test_chat_template_refusal_and_unstable_template(tiny_tokenizer):
+    import copy
+    from neftune.errors import ConfigError
+    tok = copy.deepcopy(tiny_tokenizer)
+    rec = [r for r in load_records(DATA / "messages.jsonl") if r["id"] == "m2"][0]  # has a system message
+    tok.chat_template = ("{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('System role "
+                         "not supported') }}{% endif %}{{ m['content'] }}{% endfor %}")
+    with pytest.raises(DataError, match=r"messages.jsonl:2: unknown_role .*System role not supported"):
+        tokenize_example(rec, tok, template="chat")
+    tok.chat_template = "{{ messages | length }}{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    with pytest.raises(ConfigError, match="prefix-stable"):
+        tokenize_example(rec, tok, template="chat")
