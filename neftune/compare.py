@@ -20,6 +20,7 @@ import copy
 import json
 import math
 import re
+import shutil
 from pathlib import Path
 from typing import Optional
 
@@ -141,7 +142,7 @@ def run_config(cfg: Config, variant: dict, seed: int, out_dir: Path, n_train: Op
 def _training_part(cfg: Config) -> dict:
     """The config keys that define what a run *trains* (eval/compare settings and paths excluded)."""
     d = to_dict(cfg)
-    for k in ("output_dir", "resume_from_checkpoint", "eval", "compare", "report_to"):
+    for k in ("output_dir", "resume_from_checkpoint", "eval", "compare", "report_to", "save_steps", "save_total_limit"):
         d.pop(k, None)
     return d
 
@@ -178,6 +179,9 @@ def train_run(rc: Config, prog: _Progress, name: str) -> dict:
     if (run_dir / "summary.json").exists():
         prog("train", name, "reused (finished: summary.json)")
         return _load_json(run_dir / "summary.json")
+    if (run_dir / "eval").exists():
+        # Its answers (and their generation cache) belong to the weights about to be replaced.
+        shutil.rmtree(run_dir / "eval")
     ckpts = list_checkpoints(run_dir)
     if ckpts:
         rc = copy.deepcopy(rc)
@@ -193,8 +197,9 @@ def eval_is_current(rc: Config, run_dir: Path, against: Optional[Path]) -> bool:
         return False
     # evaluate() writes config.yaml first and results.json last: an eval interrupted after a settings
     # change leaves a new config.yaml beside an old results.json, caught by the mtime order.
-    if res_p.stat().st_mtime < cfg_p.stat().st_mtime or res_p.stat().st_mtime < (run_dir / "summary.json").stat().st_mtime:
-        return False
+    newer_than = [cfg_p, run_dir / "summary.json"] + ([against / "summary.json"] if against else [])
+    if any(p.exists() and res_p.stat().st_mtime < p.stat().st_mtime for p in newer_than):
+        return False  # the run or its baseline was (re)trained after this eval
     saved = from_dict(yaml.safe_load(cfg_p.read_text(encoding="utf-8")))
     res = _load_json(res_p)
     return saved.eval == rc.eval and res.get("against") == (str(against) if against else None)
@@ -250,10 +255,13 @@ def select_variant(rows: list[dict], select_by: str, tie_break: str, main_set: s
            "tie_break": tie_break, "tied": [r["name"] for r in tied] if len(tied) > 1 else [],
            "broke_tie": broke_tie, "means": {r["name"]: m(r)["mean"] for r in ranked}}
     unit = " points" if "win_rate" in rule else ""
-    text = (f"Chosen: {chosen['name']} (alpha={chosen['alpha']:g}, {chosen['distribution']}), best mean {rule} over "
-            f"{m(chosen)['n']} seed(s) = {m(chosen)['mean']:.3f}"
-            + (f"; tied within seed SE with {', '.join(r['name'] for r in tied if r is not chosen)}, broken by the "
-               f"{'higher' if direction(tie_break) == 'higher' else 'lower'} mean {tie_break}" if broke_tie else "") + ".")
+    text = (f"Chosen: {chosen['name']} (alpha={chosen['alpha']:g}, {chosen['distribution']}), mean {rule} over "
+            f"{m(chosen)['n']} seed(s) = {m(chosen)['mean']:.3f}")
+    if broke_tie:
+        how = "within the seed standard error" if m(chosen)["n"] > 1 else "equal; one seed, no standard error"
+        text += (f"; tied ({how}) with {', '.join(r['name'] for r in tied if r is not chosen)}, broken by the "
+                 f"{direction(tie_break)} mean {tie_break}")
+    text += "."
     if others:
         ru = others[0]
         margin = sign * (m(chosen)["mean"] - m(ru)["mean"])
@@ -275,12 +283,20 @@ def select_variant(rows: list[dict], select_by: str, tie_break: str, main_set: s
 
 def compare(cfg: Config) -> dict:
     sweep = Path(cfg.output_dir)
-    sweep.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, sweep / "config.yaml")
     variants, seeds = variants_of(cfg), [int(s) for s in cfg.compare.seeds]
+    for opt in ("select_by", "tie_break"):
+        if getattr(cfg.compare, opt) not in list(PER_SET) + list(PER_RUN):
+            raise ConfigError(f"compare.{opt}: {getattr(cfg.compare, opt)!r} is not a table metric; use lc_win_rate, "
+                              "win_rate or heldout_loss (or another of " + ", ".join(list(PER_SET) + list(PER_RUN)) + ")")
     fractions = sorted({float(f) for f in cfg.compare.data_fractions if float(f) != 1.0})
     if any(not 0 < f < 1 for f in fractions):
         raise ConfigError(f"compare.data_fractions: fractions must be in (0, 1], got {cfg.compare.data_fractions}")
+    for v in variants:  # fail before anything is written if an existing run was trained differently
+        for s in seeds:
+            name = run_name(v["name"], s)
+            _check_same_training(run_config(cfg, v, s, sweep / "runs" / name), sweep / "runs" / name)
+    sweep.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, sweep / "config.yaml")
     from .evaluation.run import set_name
 
     sets = [set_name(s) for s in cfg.eval.sets]

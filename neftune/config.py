@@ -326,7 +326,11 @@ def load_config(path: Optional[str] = None, overrides: list[str] = (), base: Opt
         for k in reversed(keys):
             nested = {k: nested}
         _apply(cfg, nested, f"override '{ov}'")
-    validate(cfg)
+    try:
+        validate(cfg)
+    except ConfigError as e:
+        src = " + ".join(([str(path)] if path else []) + [f"override '{o}'" for o in overrides]) or "config"
+        raise ConfigError(f"{src}: {e}") from None
     return cfg
 
 
