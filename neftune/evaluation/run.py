@@ -64,6 +64,17 @@ def _instruction(record) -> str:
     return "\n\n".join(m["content"] for m in msgs if m["role"] != "system")
 
 
+def weights_fingerprint(run_dir) -> str:
+    """Size + mtime of the saved weights: a run retrained in place never reuses stale answers."""
+    parts = []
+    for f in sorted(Path(run_dir).glob("*.safetensors")):
+        st = f.stat()
+        parts.append(f"{f.name}:{st.st_size}:{st.st_mtime_ns}")
+    import hashlib
+
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:10]
+
+
 def generations(model, tok, cfg: Config, run_dir, name: str, records: list[dict]) -> list[str]:
     """Answers of this run's model to the set (cached under eval/generations/; resumable)."""
     from ..data import prompt_text
@@ -79,7 +90,7 @@ def generations(model, tok, cfg: Config, run_dir, name: str, records: list[dict]
     outs = generate_answers(model, tok, prompts, max_new_tokens=e.max_new_tokens, batch_size=e.batch_size,
                             preset=e.preset, do_sample=e.do_sample, temperature=e.temperature, top_p=e.top_p,
                             repetition_penalty=e.repetition_penalty, seed=cfg.seed,
-                            cache_path=gen_dir / f"{sname}.partial.jsonl", generator_name=generator,
+                            cache_path=gen_dir / f"{sname}.{weights_fingerprint(run_dir)}.partial.jsonl", generator_name=generator,
                             dataset_name=sname, instructions=instructions)
     write_alpaca_eval(gen_dir / f"{sname}.json", instructions, outs, generator=generator, dataset=sname)
     return outs
@@ -171,10 +182,10 @@ def judge_against(cfg: Config, run: Path, against, name, records, outs, refs) ->
     other_file = other / "eval" / "generations" / f"{sname}.json"
     other_cfg = load_config(None, [], base=run_config(other))
     other_cfg.eval = cfg.eval  # same decoding settings for both sides
-    if not other_file.exists() or len(json.loads(other_file.read_text())) < len(records):
-        m, t, _ = load_trained(other)
-        generations(m, t, other_cfg, other, name, records)
-        del m
+    # Always through the (cached) generator: answers decoded with other settings are never paired.
+    m, t, _ = load_trained(other)
+    generations(m, t, other_cfg, other, name, records)
+    del m
     other_rows = json.loads(other_file.read_text())[: len(records)]
     instructions = [_instruction(r) for r in records]
     if [r["instruction"] for r in other_rows] != instructions:
