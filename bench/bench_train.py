@@ -246,6 +246,20 @@ class _Counting:
         return b
 
 
+def _plain(model):
+    """The embedded Gemma's cached dir keeps the GGUF `quantization_config` in config.json although its
+    weights are plain fp32, and HF Trainer / TRL refuse to train a "GGUF-quantized" model: drop the marker."""
+    if getattr(model, "hf_quantizer", None) is not None:
+        model.hf_quantizer = None
+        model.is_quantized = False
+        for m in model.modules():
+            if getattr(getattr(m, "config", None), "_is_quantized", False):
+                m.config._is_quantized = False
+    if getattr(model.config, "quantization_config", None) is not None:
+        del model.config.quantization_config
+    return model
+
+
 def _lora_config(cfg):
     from peft import LoraConfig
 
@@ -286,7 +300,7 @@ def run_hf(args, workdir: Path) -> dict:
     model_path, cfg, tok, data = prepare(args, workdir)
     cfg.neftune_noise_alpha = args.alpha
     steps = args.warmup + args.steps_hf
-    model = get_peft_model(load_model(model_path), _lora_config(cfg))
+    model = get_peft_model(_plain(load_model(model_path)), _lora_config(cfg))
     info = model_info(model)
     ds = Dataset.from_list([{"input_ids": e["input_ids"], "labels": e["labels"]} for e in data.train_examples])
     counting = _Counting(DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=-100, return_tensors="pt"))
@@ -311,7 +325,7 @@ def run_trl(args, workdir: Path) -> dict:
     sft = SFTConfig(**_common_args(cfg, steps, str(workdir / "trl")), packing=True, max_length=cfg.data.max_length,
                     bf16=False, fp16=False)
     clock = _StepClock()
-    trainer = SFTTrainer(model=load_model(model_path), args=sft, train_dataset=ds, processing_class=tok,
+    trainer = SFTTrainer(model=_plain(load_model(model_path)), args=sft, train_dataset=ds, processing_class=tok,
                          peft_config=_lora_config(cfg), callbacks=[clock.callback])
     info = model_info(trainer.model)
     counting = _Counting(trainer.data_collator)

@@ -3,8 +3,11 @@ here from a config (no downloads). Session-scoped: built once, a fraction of a s
 from __future__ import annotations
 
 import os
+import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Tests never read or write the user's asset cache (converted models, built datasets, judge verdicts).
+os.environ.setdefault("NEFTUNE_CACHE", tempfile.mkdtemp(prefix="neftune-test-cache-"))
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
