@@ -78,6 +78,9 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
     if missing or unexpected:
         raise RuntimeError(f"GGUF conversion mismatch: missing={missing[:5]} unexpected={unexpected[:5]}")
     model.tie_weights()
+    # The weights are plain fp32 now; a leftover GGUF quantization_config would make HF Trainer /
+    # TRL refuse to train the model ("quantized ... do not support training").
+    model.config.__dict__.pop("quantization_config", None)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))
     model.save_pretrained(tmp)

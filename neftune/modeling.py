@@ -64,6 +64,10 @@ def load_model(name_or_path: str, dtype: str = "float32", device: Optional[str] 
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
     except OSError as e:
         raise NeftuneError(f"cannot load model '{name_or_path}': {e}") from None
+    if getattr(model, "hf_quantizer", None) is not None and all(p.is_floating_point() for p in model.parameters()):
+        # a cache converted by an older version still says "GGUF-quantized" over fp32 weights
+        model.hf_quantizer, model.is_quantized = None, False
+        model.config.__dict__.pop("quantization_config", None)
     if device:
         model.to(device)
     return model
