@@ -62,7 +62,7 @@ def main() -> None:
     t_batched = time.perf_counter() - t0
 
     eos = _eos_ids(model, tok)
-    loop, loop_tokens = [], 0
+    loop = []
     t0 = time.perf_counter()
     for p in prompts:
         ids = torch.tensor([encode_prompt(tok, p)])

@@ -98,11 +98,14 @@ def neftune_noise(embeds: torch.Tensor, alpha: float, *, attention_mask=None, po
 
 def sequence_energy(noise: torch.Tensor, attention_mask=None, position_ids=None) -> torch.Tensor:
     """Sum of squared noise per sequence (per document for packed rows): 1-D, one entry per document."""
-    B, T, _ = noise.shape
-    doc, valid = document_ids((B, T), attention_mask, position_ids, device=noise.device)
-    tok = noise.float().pow(2).sum(-1) * valid
-    per_doc = torch.zeros(B, T, dtype=torch.float32, device=noise.device).scatter_add_(1, doc, tok)
-    n_docs = torch.zeros(B, T, dtype=torch.float32, device=noise.device).scatter_add_(1, doc, valid.float())
+    doc, valid = document_ids(noise.shape[:2], attention_mask, position_ids, device=noise.device)
+    return _per_document(noise.float().pow(2).sum(-1) * valid, doc, valid)
+
+
+def _per_document(tok_values: torch.Tensor, doc: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Sum a B×T per-token quantity over each document: 1-D, one entry per non-empty document."""
+    per_doc = torch.zeros_like(tok_values, dtype=torch.float32).scatter_add_(1, doc, tok_values.float())
+    n_docs = torch.zeros_like(tok_values, dtype=torch.float32).scatter_add_(1, doc, valid.float())
     return per_doc[n_docs > 0]
 
 
@@ -214,14 +217,16 @@ class NEFTune:
         self._ratios, self._noise_sq, self._token_sq = [], 0.0, 0.0
 
     def _record(self, output, noise, mask, pos, scale):
-        energy = sequence_energy(noise, mask, pos)
+        # one pass over the noise: per-token squared norms feed both the energy and the norm ratio
+        doc, valid = document_ids(output.shape[:2], mask, pos, device=output.device)
+        tok_sq = noise.float().pow(2).sum(-1) * valid
+        energy = _per_document(tok_sq, doc, valid)
         self._ratios.append((energy / (self.alpha ** 2 / 3)).cpu())
-        table = output.detach().float()
+        table_sq = output.detach().float().pow(2).sum(-1) * valid
         if scale is not None:
-            table = table / torch.as_tensor(scale, device=table.device).float()
-        valid = document_ids(output.shape[:2], mask, pos, device=output.device)[1].unsqueeze(-1)
-        self._noise_sq += float(noise.float().pow(2).mul(valid).sum())
-        self._token_sq += float(table.pow(2).mul(valid).sum())
+            table_sq = table_sq / float(torch.as_tensor(scale).float()) ** 2
+        self._noise_sq += float(tok_sq.sum())
+        self._token_sq += float(table_sq.sum())
 
     def pop_stats(self, prefix: str = "") -> dict:
         """{noise_energy_ratio_mean/min/max, noise_sequences, noise_to_token_norm} since last call."""

@@ -105,7 +105,7 @@ def evaluate(cfg: Config, run_dir, against: Optional[str] = None) -> dict:
     from ..data import reference, tokenize_example
     from ..modeling import load_trained
     from ..train import heldout_loss
-    from .metrics import Embedder, bleu, diversity, length_lists, length_stats, rouge_l
+    from .metrics import Embedder, bleu, diversity, length_stats, rouge_l
 
     t0 = time.time()
     run = Path(run_dir)

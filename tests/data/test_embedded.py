@@ -2,7 +2,6 @@
 import json
 import time
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
