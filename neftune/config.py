@@ -8,6 +8,7 @@ every output.
 from __future__ import annotations
 
 import ast
+import copy
 import dataclasses
 import difflib
 import inspect
@@ -15,22 +16,37 @@ import textwrap
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Literal, Optional, Union
 
 import yaml
 
 from .errors import ConfigError
+
+# Closed choices: one Literal each drives coercion, validation, `--help` and `choices()`. To add a
+# value (e.g. a new noise distribution), add it here and handle it where it is used.
+Distribution = Literal["uniform", "gaussian"]
+DataFormat = Literal["auto", "alpaca", "sharegpt", "messages", "prompt_completion"]
+Template = Literal["alpaca", "chat"]
+OnBadRecord = Literal["error", "skip"]
+Judge = Literal["offline", "llm", "none"]
+Preset = Literal["greedy", "original"]
+EvalPart = Literal["generate", "metrics", "loss", "overfit", "judge", "capability"]
+# the comparison table's metrics (neftune/compare.py PER_SET + PER_RUN)
+SelectMetric = Literal["lc_win_rate", "win_rate", "avg_chars", "diversity", "rouge_l", "bleu", "heldout_loss",
+                       "capability", "train_loss", "clean_loss", "train_wall_time_s"]
+Dtype = Literal["float32", "bfloat16", "float16", "auto"]
+ReportSink = Literal["jsonl", "tensorboard", "none"]
 
 
 @dataclass
 class DataConfig:
     path: str = "sharegpt"
     """Training data: a .json/.jsonl/.parquet/.csv file, a saved `datasets` dir, a hub id (online), or the embedded name `sharegpt`."""
-    format: str = "auto"
+    format: DataFormat = "auto"
     """Record format: alpaca | sharegpt | messages | prompt_completion | auto (detected from the first record)."""
     columns: dict = field(default_factory=dict)
     """Column mapping from your names to the format's, e.g. {instruction: question, output: answer}."""
-    template: str = "alpaca"
+    template: Template = "alpaca"
     """Prompt template: `alpaca` (the paper's) or `chat` (the tokenizer's chat template)."""
     train_on_inputs: bool = False
     """Also train on prompt tokens. Default: loss on every assistant turn only."""
@@ -40,13 +56,13 @@ class DataConfig:
     """False: an example longer than max_length is a bad record. True: keep its first max_length tokens (dropped if no response token is left)."""
     packing: bool = False
     """Pack examples padding-free into rows of max_length tokens (position_ids restart per document; noise stays per document)."""
-    eval_size: int = 64
-    """Held-out examples split off the training file (fixed by data.split_seed)."""
+    eval_size: Optional[Union[int, float]] = None
+    """Held-out examples split off the training file (fixed by data.split_seed): a count (int >= 1), a fraction of the usable records (0 < x < 1, at least 1), or None = auto: 10% of the records, at least 1, at most 64."""
     split_seed: int = 1234
     """Seed of the train/held-out split (independent of the training seed, so every run sees the same split)."""
     num_train_samples: Optional[int] = None
     """Use only the first N training examples after the split (data-size studies); None = all."""
-    on_bad_record: str = "error"
+    on_bad_record: OnBadRecord = "error"
     """error: stop at the first bad record naming file and line. skip: skip it, count per reason, report in the run summary."""
     sharegpt_size: int = 2000
     """Embedded `sharegpt` only: how many cleaned first-turn conversations to build (train + held-out)."""
@@ -70,9 +86,9 @@ class EvalConfig:
     """Eval prompt sets: heldout (the run's held-out split), mt-bench (80 first turns), or paths of data files."""
     num_samples: Optional[int] = 32
     """Prompts per set (first N, fixed order); None = all."""
-    parts: list = field(default_factory=lambda: ["generate", "metrics", "loss", "overfit", "judge", "capability"])
+    parts: list[EvalPart] = field(default_factory=lambda: ["generate", "metrics", "loss", "overfit", "judge", "capability"])
     """Which parts to run: generate, metrics, loss, overfit, judge, capability."""
-    preset: str = "greedy"
+    preset: Preset = "greedy"
     """Decoding preset: greedy | original (the NEFTune repo's eval: greedy with repetition_penalty 1.2)."""
     max_new_tokens: int = 128
     """Max generated tokens per answer."""
@@ -86,7 +102,7 @@ class EvalConfig:
     """Nucleus sampling (do_sample only)."""
     repetition_penalty: Optional[float] = None
     """Override the preset's repetition penalty."""
-    judge: str = "offline"
+    judge: Judge = "offline"
     """Pairwise judge: offline (MiniLM similarity to the reference answer) | llm (OpenAI-compatible endpoint) | none."""
     judge_base_url: Optional[str] = None
     """Base URL of the OpenAI-compatible endpoint (llm judge)."""
@@ -121,9 +137,9 @@ class CompareConfig:
     """Training seeds; every variant is judged against the baseline of the same seed."""
     data_fractions: list = field(default_factory=list)
     """Extra data-size study: fractions of the training data (e.g. [0.25, 0.5]) for baseline and the chosen variant; [] = off."""
-    select_by: str = "lc_win_rate"
+    select_by: SelectMetric = "lc_win_rate"
     """Alpha selection rule: the variant with the best mean of this metric (lc_win_rate | win_rate | heldout_loss)..."""
-    tie_break: str = "heldout_loss"
+    tie_break: SelectMetric = "heldout_loss"
     """...ties (within the seed-to-seed standard error) broken by the lower mean of this metric."""
 
 
@@ -135,7 +151,7 @@ class Config:
     """Where checkpoints, the final model/adapter, metrics and config.yaml go."""
     neftune_noise_alpha: float = 5.0
     """NEFTune alpha; 0 = no noise. Noise U(-1,1)*alpha/sqrt(L*d) per sequence, L its real token count."""
-    neftune_distribution: str = "uniform"
+    neftune_distribution: Distribution = "uniform"
     """uniform (the paper's) | gaussian (same expected energy alpha^2/3 per sequence)."""
     clean_loss_steps: int = 10
     """Every N steps also log the same batch's loss without noise (`clean_loss`, no grad); 0 = off."""
@@ -161,7 +177,7 @@ class Config:
     """Recompute activations in backward to save memory."""
     seed: int = 0
     """Seed of initialisation, data order and NEFTune noise."""
-    dtype: str = "float32"
+    dtype: Dtype = "float32"
     """Model dtype: float32 | bfloat16 | float16 | auto. Use float32 on CPU."""
     logging_steps: int = 1
     """Log metrics every N optimizer steps."""
@@ -171,7 +187,7 @@ class Config:
     """Keep only the newest N checkpoints; None = all."""
     resume_from_checkpoint: Optional[str] = None
     """`latest` (the newest complete checkpoint in output_dir), a checkpoint path, or None."""
-    report_to: list = field(default_factory=lambda: ["jsonl", "tensorboard"])
+    report_to: list[ReportSink] = field(default_factory=lambda: ["jsonl", "tensorboard"])
     """Metric sinks: jsonl (metrics.jsonl, always written), tensorboard, none."""
     data: DataConfig = field(default_factory=DataConfig)
     """Data options."""
@@ -213,15 +229,49 @@ def help_text(cls=Config, prefix: str = "", only: Optional[set] = None) -> str:
             lines.append(help_text(tp, prefix=f"{prefix}{f.name}."))
             continue
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        tname = getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+        tname = type_name(tp)
         lines.append(f"  {prefix}{f.name} ({tname}, default {default!r})\n      {docs.get(f.name, '')}")
     return "\n".join(lines)
+
+
+def type_name(tp) -> str:
+    """How `--help` shows a type: choices spelled out (`uniform|gaussian`, `list of jsonl|tensorboard|none`)."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Literal:
+        return "|".join(map(str, args))
+    if origin is list and args:
+        return f"list of {type_name(args[0])}"
+    if origin is Union:
+        return " or ".join(type_name(a) for a in args)
+    return "None" if tp is type(None) else getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def choices(cls, key: str) -> tuple:
+    """The allowed values of a closed-choice key, e.g. `choices(Config, "eval.judge")`, read from its Literal."""
+    tp: Any = cls if isinstance(cls, type) else type(cls)
+    for part in key.split("."):
+        tp = typing.get_type_hints(tp)[part]
+    while typing.get_origin(tp) in (list, Union):
+        tp = next(a for a in typing.get_args(tp) if a is not type(None))
+    if typing.get_origin(tp) is not Literal:
+        raise KeyError(f"{key} is not a closed choice")
+    return typing.get_args(tp)
+
+
+def _one_of(value: Any, allowed: tuple, key: str):
+    if isinstance(value, str) and value in allowed:
+        return value
+    close = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    raise ConfigError(f"{key}: {value!r} is not one of {'|'.join(map(str, allowed))}{hint}")
 
 
 # --------------------------------------------------------------------------- load / override
 def _coerce(value: Any, tp, key: str):
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
+    if origin is Literal:
+        return _one_of(value, args, key)
     if origin is Union:
         if value is None and type(None) in args:
             return None
@@ -261,10 +311,10 @@ def _coerce(value: Any, tp, key: str):
         return str(value)
     if tp is list or origin is list:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return [value]
+            return [_coerce(value, args[0], key)] if args else [value]
         if not isinstance(value, list):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
-        return list(value)
+        return [_coerce(v, args[0], key) for v in value] if args else list(value)
     if tp is dict or origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")
@@ -335,25 +385,70 @@ def load_config(path: Optional[str] = None, overrides: list[str] = (), base: Opt
 
 
 def validate(cfg: Config) -> None:
+    """Checks across values (closed choices are checked by their Literal types when set). Each variant
+    of compare.variants is applied to a copy and validated too, so a typo fails before any training."""
     def need(cond, msg):
         if not cond:
             raise ConfigError(msg)
     need(cfg.neftune_noise_alpha >= 0 and cfg.neftune_noise_alpha == cfg.neftune_noise_alpha,
          f"neftune_noise_alpha must be a finite number >= 0, got {cfg.neftune_noise_alpha}")
-    need(cfg.neftune_distribution in ("uniform", "gaussian"), f"neftune_distribution must be uniform|gaussian, got {cfg.neftune_distribution!r}")
     need(cfg.learning_rate > 0, f"learning_rate must be > 0, got {cfg.learning_rate}")
     need(cfg.per_device_train_batch_size >= 1, "per_device_train_batch_size must be >= 1")
     need(cfg.gradient_accumulation_steps >= 1, "gradient_accumulation_steps must be >= 1")
     need(cfg.data.max_length >= 8, f"data.max_length must be >= 8, got {cfg.data.max_length}")
-    need(cfg.data.template in ("alpaca", "chat"), f"data.template must be alpaca|chat, got {cfg.data.template!r}")
-    need(cfg.data.on_bad_record in ("error", "skip"), f"data.on_bad_record must be error|skip, got {cfg.data.on_bad_record!r}")
-    need(cfg.data.format in ("auto", "alpaca", "sharegpt", "messages", "prompt_completion"), f"data.format unknown: {cfg.data.format!r}")
+    es = cfg.data.eval_size
+    need(es is None or (isinstance(es, int) and es >= 1) or (isinstance(es, float) and 0 < es < 1),
+         f"data.eval_size must be a count >= 1, a fraction in (0, 1) or null (auto), got {es!r}")
     need(cfg.lora.r >= 0, "lora.r must be >= 0")
-    need(cfg.dtype in ("float32", "bfloat16", "float16", "auto"), f"dtype must be float32|bfloat16|float16|auto, got {cfg.dtype!r}")
-    need(cfg.eval.judge in ("offline", "llm", "none"), f"eval.judge must be offline|llm|none, got {cfg.eval.judge!r}")
-    need(cfg.eval.preset in ("greedy", "original"), f"eval.preset must be greedy|original, got {cfg.eval.preset!r}")
-    for v in cfg.compare.variants:
+    _check_scheduler(cfg.lr_scheduler_type)
+    for i, v in enumerate(cfg.compare.variants):
         need(isinstance(v, dict) and "name" in v, f"compare.variants: each variant needs a name, got {v!r}")
+        variant_config(cfg, v, where=f"compare.variants[{i}] ({v['name']})")
+
+
+def _check_scheduler(name: str) -> None:
+    from transformers import SchedulerType
+
+    allowed = tuple(t.value for t in SchedulerType)
+    _one_of(name, allowed, "lr_scheduler_type")
+
+
+def variant_config(cfg: Config, variant: dict, where: Optional[str] = None) -> Config:
+    """A copy of `cfg` with one compare variant's overrides (every key but `name`, nested keys as
+    mappings: {name: x, data: {packing: true}}) applied and validated."""
+    rc = copy.deepcopy(cfg)
+    rc.compare.variants = []  # a variant config is one run, not a sweep
+    where = where or f"compare.variants[{variant.get('name')}]"
+    _apply(rc, {k: v for k, v in variant.items() if k != "name"}, where)
+    try:
+        validate(rc)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+    return rc
+
+
+def eval_count(eval_size, n_records: int) -> int:
+    """How many of n_records data.eval_size holds out: a count as is, a fraction of n (at least 1),
+    None = 10% of n, at least 1, at most 64 (like `datasets`' test_size, capped for big files)."""
+    if eval_size is None:
+        return min(64, max(1, round(0.1 * n_records)))
+    if isinstance(eval_size, float):
+        return max(1, round(eval_size * n_records))
+    return int(eval_size)
+
+
+# Keys that do not change what a run trains: where it goes and how it is saved, logged, evaluated, swept.
+NOT_TRAINING = ("output_dir", "resume_from_checkpoint", "eval", "compare", "report_to", "save_steps",
+                "save_total_limit", "logging_steps")
+
+
+def training_identity(cfg: Config) -> dict:
+    """The config keys that define what a run *trains* (the model, data, noise, optimisation, seed):
+    two configs with equal identities train the same run, so `compare` may reuse or resume it."""
+    d = to_dict(cfg)
+    for k in NOT_TRAINING:
+        d.pop(k, None)
+    return d
 
 
 def to_dict(cfg) -> dict:

@@ -11,6 +11,7 @@ import random
 from collections import Counter
 from dataclasses import dataclass, field
 
+from ..config import eval_count
 from ..errors import ConfigError, DataError
 from .collate import make_batches, pack_examples
 from .embedded import mtbench_records, sharegpt_records
@@ -54,12 +55,13 @@ def build_datasets(cfg, tokenizer) -> DataBundle:
         records = sharegpt_records(d.sharegpt_size)
     else:
         records = load_records(d.path, d.format, d.columns, d.on_bad_record, skipped)
-    if len(records) <= d.eval_size:
+    n_held = eval_count(d.eval_size, len(records))
+    if len(records) <= n_held:
         raise ConfigError(f"{d.path}: {len(records)} usable records, not enough for data.eval_size={d.eval_size} "
-                          "held-out examples plus training data")
+                          f"({n_held} held-out examples) plus training data")
     order = list(records)
     random.Random(d.split_seed).shuffle(order)
-    held, rest = order[: d.eval_size], order[d.eval_size:]
+    held, rest = order[:n_held], order[n_held:]
 
     held_keys = {prompt_key(r) for r in held}
     train = [r for r in rest if prompt_key(r) not in held_keys]
