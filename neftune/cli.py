@@ -77,7 +77,15 @@ def main(argv=None) -> int:
 
             compare(load_config(cfg_file, overrides))
     except NeftuneError as e:
-        print(f"neftune {cmd}: error: {e}", file=sys.stderr)
+        # one line, no traceback: every NeftuneError names the file/key and the problem
+        print(f"neftune: error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 1
+    except ModuleNotFoundError as e:
+        if e.name is None or e.name.split(".")[0] == "neftune":
+            raise
+        extra = "train" if cmd == "train" else "all"
+        print(f"neftune: error: `neftune {cmd}` needs the package '{e.name}': pip install 'neftune[{extra}]'",
+              file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"neftune {cmd}: interrupted; rerun the same command to resume", file=sys.stderr)

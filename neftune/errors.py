@@ -26,3 +26,7 @@ class TrainingDiverged(NeftuneError, RuntimeError):
 
 class JudgeError(NeftuneError, RuntimeError):
     """The judge endpoint failed after every retry."""
+
+
+class AssetError(NeftuneError, RuntimeError):
+    """An embedded model/data asset is missing (its PyPI package is not installed) or failed to convert."""

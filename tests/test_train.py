@@ -1,5 +1,5 @@
 """Training pipeline on tiny models: parameters change, outputs reload and generate, loss matches
-the straightforward path, SIGKILL + resume is bit-exact, NaN stops with a message, --help."""
+the straightforward path, SIGKILL + resume is bit-exact, NaN stops with a message (CLI tests: tests/test_cli.py)."""
 import json
 import os
 import subprocess
@@ -10,7 +10,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from neftune.cli import main
 from neftune.config import load_config
 from neftune.errors import TrainingDiverged
 from neftune.modeling import supervised_loss
@@ -110,15 +109,6 @@ def test_nan_loss_stops_with_step_and_keeps_checkpoint(tmp_path, tiny_llama_dir)
         train(cfg)
     assert list_checkpoints(tmp_path / "run")
     assert "Last good checkpoint" in str(e.value)
-
-
-def test_help_lists_config_fields(capsys):
-    assert main(["train", "--help"]) == 0
-    text = capsys.readouterr().out
-    for key in ("neftune_noise_alpha", "learning_rate", "max_steps", "data.max_length", "lora.r", "report_to", "output_dir"):
-        assert key in text
-    assert main(["train", "data.max_lenght=3"]) == 1
-    assert "did you mean 'data.max_length'" in capsys.readouterr().err
 
 
 def test_two_process_ddp_run(tmp_path, tiny_llama_dir):

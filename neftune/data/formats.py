@@ -16,8 +16,9 @@ import os
 import re
 from collections import Counter
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterator, Optional, get_args
 
+from ..config import OnBadRecord
 from ..errors import DataError
 
 FORMATS = ("alpaca", "sharegpt", "messages", "prompt_completion")
@@ -294,8 +295,8 @@ def load_records(path, format: str = "auto", columns: Optional[dict] = None, on_
     on_bad_record: "error" raises the first DataError; "skip" drops the record and counts
     ``skipped[reason] += 1``. require_answer=False accepts prompt-only records (eval sets).
     """
-    if on_bad_record not in ("error", "skip"):
-        raise ValueError(f"on_bad_record must be error|skip, got {on_bad_record!r}")
+    if on_bad_record not in get_args(OnBadRecord):
+        raise ValueError(f"on_bad_record must be {'|'.join(get_args(OnBadRecord))}, got {on_bad_record!r}")
     if format != "auto" and format not in FORMATS:
         raise DataError(path, None, "unknown_format", f"unknown format {format!r} (one of {', '.join(FORMATS)})")
     skipped = skipped if skipped is not None else Counter()
