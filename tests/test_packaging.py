@@ -50,20 +50,40 @@ def test_core_install_is_light_and_dropin_snippet_runs(tmp_path):
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     py = venv / "bin" / "python"
-    site = Path(subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                               check=True, capture_output=True, text=True).stdout.strip())
+    site = Path(
+        subprocess.run(
+            [str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    )
     _link_torch(site)
     src = _copy_source(tmp_path / "src")
 
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PIP_REQUIRE_VIRTUALENV")}
     # --no-compile: byte-compiling transformers/sympy/pandas on install took 3 of the 5 minutes here
-    pip = [sys.executable, "-m", "pip", "--python", str(py), "install", "-q", "--no-compile",
-           "--disable-pip-version-check"]
+    pip = [
+        sys.executable,
+        "-m",
+        "pip",
+        "--python",
+        str(py),
+        "install",
+        "-q",
+        "--no-compile",
+        "--disable-pip-version-check",
+    ]
     r = subprocess.run([*pip, str(src), "trl"], env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
 
-    listed = subprocess.run([sys.executable, "-m", "pip", "--python", str(py), "list", "--format=json"],
-                            env=env, check=True, capture_output=True, text=True).stdout
+    listed = subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(py), "list", "--format=json"],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     installed = {p["name"].lower().replace("_", "-"): p["version"] for p in json.loads(listed)}
     assert "neftune" in installed and "trl" in installed
     assert installed["torch"] == torch.__version__, "torch was reinstalled instead of reused"
@@ -71,22 +91,34 @@ def test_core_install_is_light_and_dropin_snippet_runs(tmp_path):
     assert not present, f"the core install pulled {present}"
 
     # outside the checkout, so `import neftune` is the installed copy
-    run = subprocess.run([str(py), str(ROOT / "tests" / "packaging" / "dropin_snippet.py"), str(tmp_path / "out")],
-                         cwd=tmp_path, env={**env, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True,
-                         timeout=300)
+    run = subprocess.run(
+        [str(py), str(ROOT / "tests" / "packaging" / "dropin_snippet.py"), str(tmp_path / "out")],
+        cwd=tmp_path,
+        env={**env, "HF_HUB_OFFLINE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stderr[-4000:]
     history = json.loads(run.stdout.strip().splitlines()[-1])
     ratios = [h["neftune/noise_energy_ratio_mean"] for h in history if "neftune/noise_energy_ratio_mean" in h]
     assert ratios, f"no neftune/noise_energy_ratio_mean in {history}"
     assert all(0.5 < r < 1.5 for r in ratios), ratios  # per-sequence energy ≈ alpha^2/3 under packing
-    where = subprocess.run([str(py), "-c", "import neftune; print(neftune.__file__)"], cwd=tmp_path, env=env,
-                           check=True, capture_output=True, text=True).stdout
+    where = subprocess.run(
+        [str(py), "-c", "import neftune; print(neftune.__file__)"],
+        cwd=tmp_path,
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     assert str(site) in where, where
     elapsed = time.monotonic() - t0
     print(f"fresh-venv core install + drop-in snippet: {elapsed:.1f}s")
-    # ~25 s of it is the snippet; the rest is pip resolving ~50 packages against the registry. On a quiet
-    # box that is well under 2 minutes; the bound leaves room for a loaded CI runner.
-    assert elapsed < 240, f"packaging test took {elapsed:.0f}s"
+    # ~25 s of it is the snippet; the rest is pip resolving ~50 packages against the registry (~90 s of
+    # page fetches when measured) and unpacking them. The bound leaves room for a loaded CI runner
+    # (measured 269 s with six jobs sharing two cores); `-m "not packaging"` skips it locally.
+    assert elapsed < 420, f"packaging test took {elapsed:.0f}s"
 
 
 def test_core_modules_import_without_pipeline_dependencies():
@@ -106,5 +138,3 @@ def test_core_modules_import_without_pipeline_dependencies():
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "ok" in r.stdout, r.stderr[-3000:]
-
-

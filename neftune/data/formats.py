@@ -15,8 +15,9 @@ import json
 import os
 import re
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, Optional, get_args
+from typing import Optional, get_args
 
 from ..config import OnBadRecord
 from ..errors import DataError
