@@ -83,10 +83,12 @@ def test_rerun_reuses_every_run_and_eval(sweep, tiny_llama_dir, monkeypatch, cap
         raise AssertionError("a finished run or eval was redone")
 
     monkeypatch.setattr("neftune.train.train", boom)
-    monkeypatch.setattr("neftune.evaluation.run.evaluate", boom)
+    monkeypatch.setattr("neftune.modeling.load_trained", boom)  # generating answers needs a model
+    monkeypatch.setattr("neftune.evaluation.judge.make_judge", boom)  # judging needs a judge
     again = compare(sweep_cfg(tiny_llama_dir, out))
     printed = capsys.readouterr().out
-    assert len(re.findall(r"^\[compare\] \d+/8 (train|eval) \S+ reused", printed, re.M)) == 8, printed
+    # 4 runs trained, 4 generated, 2 variants judged: every stage reused
+    assert len(re.findall(r"^\[compare\] \d+/10 (train|generate|judge) \S+ .*reused", printed, re.M)) == 10, printed
     assert {p: p.stat().st_mtime_ns for p in files} == before
     assert again["rows"] == json.loads(json.dumps(table["rows"]))
     assert "report:" in printed
