@@ -132,7 +132,7 @@ def train_run(rc: Config, prog: _Progress, name: str) -> dict:
     run_dir = Path(rc.output_dir)
     _check_same_training(rc, run_dir)
     if rundir.is_finished(run_dir):
-        prog("train", name, "reused (finished: summary.json)")
+        prog("train", name, f"reused (finished: {rundir.SUMMARY})")
         return rundir.read_summary(run_dir)
     rundir.remove_eval(run_dir)  # its answers belong to the weights about to be replaced
     latest = rundir.latest_checkpoint(run_dir)
@@ -148,7 +148,7 @@ def generate_run(rc: Config, prog: _Progress, name: str) -> dict:
     from .evaluation.run import generate_stage
 
     scores, reused = generate_stage(rc, rc.output_dir)
-    prog("generate", name, "reused (eval/scores.json: same weights and eval settings)" if reused else "")
+    prog("generate", name, f"reused ({rundir.scores_path('')}: same weights and eval settings)" if reused else "")
     return scores
 
 

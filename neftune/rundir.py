@@ -33,7 +33,7 @@ from .errors import NeftuneError
 PathLike = str | Path
 CONFIG, SUMMARY, METRICS, TENSORBOARD = "config.yaml", "summary.json", "metrics.jsonl", "runs"
 RECORDS = ("train", "heldout")
-_CKPT, _TMP_CKPT, _TRAINER_STATE = "checkpoint-", ".tmp-checkpoint-", "trainer_state.json"
+_CKPT, _TMP_CKPT, TRAINER_STATE = "checkpoint-", ".tmp-checkpoint-", "trainer_state.json"
 _EVAL, _GENERATIONS, _JUDGMENTS = "eval", "generations", "judgments"
 
 
@@ -182,12 +182,12 @@ def checkpoint_tmp_path(run: PathLike, step: int) -> Path:
 
 
 def is_complete_checkpoint(path: PathLike) -> bool:
-    return (Path(path) / _TRAINER_STATE).exists()
+    return (Path(path) / TRAINER_STATE).exists()
 
 
 def checkpoint_step(path: PathLike) -> int:
     """The optimizer step a complete checkpoint was saved at."""
-    return int(read_json(Path(path) / _TRAINER_STATE)["global_step"])
+    return int(read_json(Path(path) / TRAINER_STATE)["global_step"])
 
 
 def list_checkpoints(run: PathLike) -> list[Path]:
@@ -216,7 +216,7 @@ def commit_checkpoint(tmp: PathLike, run: PathLike, step: int, keep: int | None 
     """Make the fully written `tmp` dir checkpoint-`step`: trainer_state.json last, every file fsync'ed,
     one rename; then keep only the newest `keep` checkpoints. Main process only."""
     tmp, final = Path(tmp), checkpoint_path(run, step)
-    (tmp / _TRAINER_STATE).write_text(json.dumps({"global_step": step}))
+    (tmp / TRAINER_STATE).write_text(json.dumps({"global_step": step}))
     for f in tmp.iterdir():  # durable before the rename makes it visible
         with open(f, "rb") as fh:
             os.fsync(fh.fileno())

@@ -25,7 +25,7 @@ class MetricsLogger:
 
                 self.tb = SummaryWriter(log_dir=str(rundir.tensorboard_dir(output_dir)), purge_step=resume_step + 1 if resume_step else None)
             except ImportError:  # pragma: no cover
-                print("[neftune] tensorboard not installed; metrics go to metrics.jsonl only")
+                print(f"[neftune] tensorboard not installed; metrics go to {rundir.METRICS} only")
 
     def _truncate_after(self, step: int):
         if not self.path.exists():

@@ -136,7 +136,7 @@ def resolve_resume(cfg: Config):
         return rundir.latest_checkpoint(cfg.output_dir)
     p = Path(r)
     if not rundir.is_complete_checkpoint(p):
-        raise NeftuneError(f"resume_from_checkpoint: {r} is not a complete checkpoint (no trainer_state.json)")
+        raise NeftuneError(f"resume_from_checkpoint: {r} is not a complete checkpoint (no {rundir.TRAINER_STATE})")
     return p
 
 

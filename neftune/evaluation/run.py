@@ -337,5 +337,5 @@ def evaluate_cli(run_dir, against=None, cfg_file=None, overrides=()):
     cfg = load_config(cfg_file, list(overrides), base=base)
     res = evaluate(cfg, run_dir, against)
     print(summary_markdown(res))
-    print(f"[neftune] wrote {rundir.results_path(run_dir)} and summary.md")
+    print(f"[neftune] wrote {rundir.results_path(run_dir)} and {rundir.eval_summary_path(run_dir)}")
     return res
