@@ -111,8 +111,9 @@ class StageClock:
             install_s = None
         return {"stages_s": {k: round(v, 2) for k, v in self.seconds.items()}, "total_s": round(total, 2),
                 "other_s": round(total - sum(self.seconds.values()), 2), "install_s": install_s,
-                "note": "this invocation only (reused stages cost ~0); conversion = embedded model conversion; "
-                        "install happens before the process and is only known from NEFTUNE_INSTALL_SECONDS"}
+                "note": "this invocation only (reused stages cost ~0); conversion = embedded model GGUF->safetensors "
+                        "(building the embedded ShareGPT set falls in training); generation includes the single-model "
+                        "metrics; install happens before the process and is only known from NEFTUNE_INSTALL_SECONDS"}
 
 
 def print_split(split: dict) -> None:
