@@ -62,14 +62,10 @@ def load_model(name_or_path: str, dtype: str = "float32", device: Optional[str] 
 
 def load_trained(run_dir: str, device: Optional[str] = None):
     """Model + tokenizer of a finished `neftune train` run (full model or LoRA adapter)."""
-    from .config import from_dict
-    import yaml
+    from .rundir import read_config
 
     run = Path(run_dir)
-    cfg_path = run / "config.yaml"
-    if not cfg_path.exists():
-        raise NeftuneError(f"{run_dir}: not a neftune run dir (no config.yaml)")
-    cfg = from_dict(yaml.safe_load(cfg_path.read_text()))
+    cfg = read_config(run)
     tok = load_tokenizer(str(run)) if (run / "tokenizer_config.json").exists() else load_tokenizer(cfg.model)
     if (run / "adapter_config.json").exists():
         from peft import PeftModel
@@ -111,3 +107,22 @@ def supervised_loss(model, batch: dict, reduction: str = "mean"):
     if reduction == "mean":
         loss = loss / max(n, 1)
     return loss, n
+
+
+@torch.no_grad()
+def heldout_loss(model, examples, batch_size, pad_token_id, max_length) -> float:
+    """Mean supervised-token loss (no noise, no grad) over tokenized examples; nan when there are none."""
+    from .data import make_batches
+
+    if not examples:
+        return float("nan")
+    was_training = model.training
+    model.eval()
+    total, n = 0.0, 0
+    device = next(model.parameters()).device
+    for batch in make_batches(examples, batch_size, packing=False, max_length=max_length,
+                              pad_token_id=pad_token_id, seed=0, epoch=0):
+        loss, k = supervised_loss(model, {k: v.to(device) for k, v in batch.items()}, reduction="sum")
+        total, n = total + float(loss), n + k
+    model.train(was_training)
+    return total / max(n, 1)

@@ -4,17 +4,18 @@ report/*.png (matplotlib, Agg).
 
 The content is built once as a list of small blocks (heading, paragraph, table, figure, code,
 examples) and rendered twice, so the HTML and the Markdown can never disagree. Every string that
-comes from data (prompts, answers, names, configs) is escaped for the format it lands in.
+comes from data (prompts, answers, names, configs) is escaped for the format it lands in. Each
+figure is one function (FIGURES) and each section is one function (SECTIONS); the report reads the
+sweep's files through neftune.rundir and the table compare.json holds.
 """
 from __future__ import annotations
 
 import base64
 import html
-import json
 import re
 from pathlib import Path
 
-from .tracking import read_metrics
+from . import rundir
 
 DIGITS = {"win_rate": 1, "lc_win_rate": 1, "avg_chars": 0, "diversity": 3, "rouge_l": 3, "bleu": 2,
           "heldout_loss": 4, "capability": 3, "train_loss": 4, "clean_loss": 4, "train_wall_time_s": 1}
@@ -35,36 +36,17 @@ def _truncate(text: str, n: int) -> str:
     return text if len(text) <= n else text[:n].rstrip() + f" … [truncated, {len(text)} chars in all]"
 
 
-def _read_json(p: Path):
-    try:
-        return json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
 # ----------------------------------------------------------------------------- figures
-def _figures(sweep: Path, table: dict, out: Path) -> dict:
-    """Draws every figure that has data; returns {name: png filename}."""
-    import matplotlib
-
-    matplotlib.use("Agg")
+# Each figure function takes (sweep, table, colors) and returns a matplotlib figure, or None when the
+# sweep has no data for it (that figure is then left out, and an old PNG of it removed).
+def fig_loss(sweep: Path, table: dict, colors: dict):
+    """Training loss (noisy) and clean loss, mean over seeds at the steps every seed logged."""
     import matplotlib.pyplot as plt
 
-    rows, main = table["rows"], table["main_set"]
-    colors = {r["name"]: plt.get_cmap("tab10")(i % 10) for i, r in enumerate(rows)}
-    figs = {}
-
-    def save(fig, name):
-        fig.tight_layout()
-        fig.savefig(out / name, dpi=90)
-        plt.close(fig)
-        figs[name.removesuffix(".png")] = name
-
-    # (1) training loss (noisy) and clean loss, mean over seeds at the steps every seed logged
     fig, ax = plt.subplots(figsize=(8, 4))
-    for r in rows:
-        for key, style in (("loss", dict(lw=1.5)), ("clean_loss", dict(ls="none", marker="o", ms=5))):
-            per_seed = [{m["step"]: m[key] for m in read_metrics(sweep / d) if isinstance(m.get(key), (int, float))}
+    for r in table["rows"]:
+        for key, style in (("loss", {"lw": 1.5}), ("clean_loss", {"ls": "none", "marker": "o", "ms": 5})):
+            per_seed = [{m["step"]: m[key] for m in rundir.read_metrics(sweep / d) if isinstance(m.get(key), (int, float))}
                         for d in r["runs"]]
             steps = sorted(set.intersection(*(set(p) for p in per_seed))) if per_seed else []
             if steps:
@@ -73,93 +55,145 @@ def _figures(sweep: Path, table: dict, out: Path) -> dict:
                 ax.plot(steps, ys, color=colors[r["name"]], label=label, **style)
     ax.set(xlabel="step", ylabel="loss", title=f"Training loss, mean over {len(table['seeds'])} seed(s)")
     ax.legend(fontsize=8)
-    save(fig, "loss.png")
+    return fig
 
-    # (2) held-out loss per variant with the t-interval over seeds
-    fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(rows) + 2), 3.5))
+
+def fig_heldout_loss(sweep: Path, table: dict, colors: dict):
+    """Held-out loss per variant with the t-interval over seeds."""
+    import matplotlib.pyplot as plt
+
+    rows = table["rows"]
     hl = [r["metrics"]["heldout_loss"] for r in rows]
-    if any(h["mean"] is not None for h in hl):
-        ax.bar(range(len(rows)), [h["mean"] or 0 for h in hl], yerr=[h["half_width"] or 0 for h in hl], capsize=4,
-               color=[colors[r["name"]] for r in rows])
-        ax.set_xticks(range(len(rows)), [r["name"] for r in rows], rotation=20)
-        lo = min(h["mean"] - (h["half_width"] or 0) for h in hl if h["mean"] is not None)
-        hi = max(h["mean"] + (h["half_width"] or 0) for h in hl if h["mean"] is not None)
-        ax.set_ylim(max(0.0, lo - 0.1 * (hi - lo + 1e-3)), hi + 0.1 * (hi - lo + 1e-3))  # differences, not 0..max
-        ax.set(ylabel="held-out loss (no noise)", title="Held-out loss (mean ± 95% t-interval)")
-        save(fig, "heldout_loss.png")
-    else:
-        plt.close(fig)
+    if not any(h["mean"] is not None for h in hl):
+        return None
+    fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(rows) + 2), 3.5))
+    ax.bar(range(len(rows)), [h["mean"] or 0 for h in hl], yerr=[h["half_width"] or 0 for h in hl], capsize=4,
+           color=[colors[r["name"]] for r in rows])
+    ax.set_xticks(range(len(rows)), [r["name"] for r in rows], rotation=20)
+    lo = min(h["mean"] - (h["half_width"] or 0) for h in hl if h["mean"] is not None)
+    hi = max(h["mean"] + (h["half_width"] or 0) for h in hl if h["mean"] is not None)
+    ax.set_ylim(max(0.0, lo - 0.1 * (hi - lo + 1e-3)), hi + 0.1 * (hi - lo + 1e-3))  # differences, not 0..max
+    ax.set(ylabel="held-out loss (no noise)", title="Held-out loss (mean ± 95% t-interval)")
+    return fig
 
-    # (3) win rate and LC win rate vs alpha; uniform variants joined, gaussian marked differently
-    var = [r for r in rows if r["name"] != "baseline"]
-    if any(r["metrics"][f"{main}.win_rate"]["mean"] is not None for r in var):
-        fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
-        for ax, k, title in zip(axes, ("win_rate", "lc_win_rate"), ("win rate", "LC win rate")):
-            for dist, marker, line in (("uniform", "o", "-"), ("gaussian", "D", "none")):
-                pts = sorted((r["alpha"], r["metrics"][f"{main}.{k}"], r["name"]) for r in var
-                             if r["distribution"] == dist and r["metrics"][f"{main}.{k}"]["mean"] is not None)
-                if pts:
-                    ax.errorbar([p[0] for p in pts], [p[1]["mean"] for p in pts], yerr=[p[1]["half_width"] or 0 for p in pts],
-                                marker=marker, ls=line, capsize=4, label=f"{dist} noise", mfc="white" if dist == "gaussian" else None)
-                    for a, s, n in pts:
-                        ax.annotate(n, (a, s["mean"]), textcoords="offset points", fontsize=7,  # gaussian below: same alpha
-                                    xytext=(5, -11) if dist == "gaussian" else (5, 5))
-            ax.axhline(50, color="gray", ls="--", label="baseline (alpha=0) = 50%")
-            ax.set(xlabel="NEFTune alpha", title=f"{title} vs baseline ({main})", ylim=(0, 100),  # intervals can pass 0/100
-                   xlim=(-0.5, 1.1 * max(r["alpha"] for r in var) + 1))
-            ax.legend(fontsize=8)
-        axes[0].set_ylabel("% (mean ± 95% t-interval over seeds)")
-        save(fig, "winrate_vs_alpha.png")
 
-    # (4) answer length histograms (chars), pooled over seeds
-    lengths = {}
-    for r in rows:
+def fig_winrate_vs_alpha(sweep: Path, table: dict, colors: dict):
+    """Win rate and LC win rate vs alpha; uniform variants joined, gaussian marked differently."""
+    import matplotlib.pyplot as plt
+
+    main = table["main_set"]
+    var = [r for r in table["rows"] if r["name"] != "baseline"]
+    if not any(r["metrics"][f"{main}.win_rate"]["mean"] is not None for r in var):
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    for ax, k, title in zip(axes, ("win_rate", "lc_win_rate"), ("win rate", "LC win rate")):
+        for dist, marker, line in (("uniform", "o", "-"), ("gaussian", "D", "none")):
+            pts = sorted((r["alpha"], r["metrics"][f"{main}.{k}"], r["name"]) for r in var
+                         if r["distribution"] == dist and r["metrics"][f"{main}.{k}"]["mean"] is not None)
+            if pts:
+                ax.errorbar([p[0] for p in pts], [p[1]["mean"] for p in pts], yerr=[p[1]["half_width"] or 0 for p in pts],
+                            marker=marker, ls=line, capsize=4, label=f"{dist} noise", mfc="white" if dist == "gaussian" else None)
+                for a, s, n in pts:
+                    ax.annotate(n, (a, s["mean"]), textcoords="offset points", fontsize=7,  # gaussian below: same alpha
+                                xytext=(5, -11) if dist == "gaussian" else (5, 5))
+        ax.axhline(50, color="gray", ls="--", label="baseline (alpha=0) = 50%")
+        ax.set(xlabel="NEFTune alpha", title=f"{title} vs baseline ({main})", ylim=(0, 100),  # intervals can pass 0/100
+               xlim=(-0.5, 1.1 * max(r["alpha"] for r in var) + 1))
+        ax.legend(fontsize=8)
+    axes[0].set_ylabel("% (mean ± 95% t-interval over seeds)")
+    return fig
+
+
+def fig_answer_lengths(sweep: Path, table: dict, colors: dict):
+    """Answer length histograms (chars), pooled over seeds."""
+    import matplotlib.pyplot as plt
+
+    main, lengths = table["main_set"], {}
+    for r in table["rows"]:
         for d in r["runs"]:
-            gens = _read_json(sweep / d / "eval" / "generations" / f"{main}.json") or []
-            lengths.setdefault(r["name"], []).extend(len(g.get("output", "")) for g in gens)
-    if any(lengths.values()):
-        fig, ax = plt.subplots(figsize=(8, 3.5))
-        top = max(max(v) for v in lengths.values() if v)
-        bins = [top * i / 20 for i in range(21)] if top > 0 else 20
-        for name, v in lengths.items():
-            if v:
-                ax.hist(v, bins=bins, histtype="step", lw=1.8, color=colors[name], label=f"{name} (mean {sum(v) / len(v):.0f})")
-        ax.set(xlabel="answer length (chars)", ylabel="answers", title=f"Answer lengths on {main}, pooled over seeds")
-        ax.legend(fontsize=8)
-        save(fig, "answer_lengths.png")
+            lengths.setdefault(r["name"], []).extend(len(g.get("output", "")) for g in rundir.read_generations(sweep / d, main))
+    if not any(lengths.values()):
+        return None
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    top = max(max(v) for v in lengths.values() if v)
+    bins = [top * i / 20 for i in range(21)] if top > 0 else 20
+    for name, v in lengths.items():
+        if v:
+            ax.hist(v, bins=bins, histtype="step", lw=1.8, color=colors[name], label=f"{name} (mean {sum(v) / len(v):.0f})")
+    ax.set(xlabel="answer length (chars)", ylabel="answers", title=f"Answer lengths on {main}, pooled over seeds")
+    ax.legend(fontsize=8)
+    return fig
 
-    # (5) data-size curve
+
+def fig_data_size(sweep: Path, table: dict, colors: dict):
+    """The chosen variant's win rates against a same-size baseline, by training-set size."""
+    import matplotlib.pyplot as plt
+
     curve = table.get("data_curve") or []
-    if curve:
-        fig, ax = plt.subplots(figsize=(6, 4))
-        xs = [c["n_train"] for c in curve]
-        for k, label in (("win_rate", "win rate"), ("lc_win_rate", "LC win rate")):
-            ax.errorbar(xs, [c[k]["mean"] for c in curve], yerr=[c[k]["half_width"] or 0 for c in curve],
-                        marker="o", capsize=4, label=label)
-        ax.axhline(50, color="gray", ls="--", label="same-size baseline = 50%")
-        ax.set(xlabel="training examples", ylabel="% (mean ± 95% t-interval over seeds)", ylim=(0, 100),
-               title=f"{table['selection']['chosen']} vs baseline by data size")
-        ax.legend(fontsize=8)
-        save(fig, "data_size.png")
+    if not curve:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4))
+    xs = [c["n_train"] for c in curve]
+    for k, label in (("win_rate", "win rate"), ("lc_win_rate", "LC win rate")):
+        ax.errorbar(xs, [c[k]["mean"] for c in curve], yerr=[c[k]["half_width"] or 0 for c in curve],
+                    marker="o", capsize=4, label=label)
+    ax.axhline(50, color="gray", ls="--", label="same-size baseline = 50%")
+    ax.set(xlabel="training examples", ylabel="% (mean ± 95% t-interval over seeds)", ylim=(0, 100),
+           title=f"{table['selection']['chosen']} vs baseline by data size")
+    ax.legend(fontsize=8)
+    return fig
+
+
+# name -> (figure function, caption); the order is the report's.
+FIGURES = {
+    "loss": (fig_loss, "Training loss with noise (lines) and the same batches' loss without noise (clean_loss, points)."),
+    "heldout_loss": (fig_heldout_loss, "Held-out loss (no noise) per variant."),
+    "winrate_vs_alpha": (fig_winrate_vs_alpha,
+                         "Win rate and LC win rate against the baseline vs alpha (hollow diamonds: gaussian noise)."),
+    "answer_lengths": (fig_answer_lengths, "Answer length distribution per variant."),
+    "data_size": (fig_data_size, "Win rate of the chosen variant against a baseline trained on the same data size."),
+}
+
+
+def draw_figures(sweep: Path, table: dict, out: Path) -> dict:
+    """Draws every figure that has data into out/; returns {name: png filename}."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colors = {r["name"]: plt.get_cmap("tab10")(i % 10) for i, r in enumerate(table["rows"])}
+    figs = {}
+    for name, (draw, _) in FIGURES.items():
+        fig = draw(sweep, table, colors)
+        if fig is None:
+            continue
+        fig.tight_layout()
+        fig.savefig(out / f"{name}.png", dpi=90)
+        plt.close(fig)
+        figs[name] = f"{name}.png"
     return figs
 
 
-# ----------------------------------------------------------------------------- content
-def _blocks(sweep: Path, table: dict, cfg, figs: dict) -> list[tuple]:
-    rows, sets, main, sel = table["rows"], table["sets"], table["main_set"], table["selection"]
-    seeds = table["seeds"]
-    b: list[tuple] = [("h", 1, f"NEFTune sweep: {sweep.name}")]
-    b.append(("p", f"Baseline (alpha=0) and {len(rows) - 1} NEFTune variant(s) x {len(seeds)} seed(s) {seeds}; every variant "
-                   f"is judged pairwise against the baseline of the same seed by the {cfg.eval.judge} judge. Cells are the mean over "
-                   "seeds ± the 95% t-interval half-width (just the value with one seed)."))
+# ----------------------------------------------------------------------------- sections
+# Each section function takes (sweep, table, cfg, figs) and returns its blocks.
+def section_title(sweep: Path, table: dict, cfg, figs: dict) -> list[tuple]:
+    rows, seeds = table["rows"], table["seeds"]
+    return [("h", 1, f"NEFTune sweep: {sweep.name}"),
+            ("p", (f"Baseline (alpha=0) and {len(rows) - 1} NEFTune variant(s) x {len(seeds)} seed(s) {seeds}; every "
+                  f"variant is judged pairwise against the baseline of the same seed by the {cfg.eval.judge} judge. Cells "
+                  "are the mean over seeds ± the 95% t-interval half-width (just the value with one seed)."))]
 
-    b.append(("h", 2, "Chosen alpha"))
-    b.append(("p", sel["statement"]))
-    b.append(("p", f"Selection rule: the variant with the best mean {cfg.compare.select_by} over seeds on the {main} set; "
-                   f"variants within the larger of the two seed standard errors count as tied, and the tie is broken by the "
-                   f"better mean {cfg.compare.tie_break}."))
 
-    b.append(("h", 2, "Results"))
+def section_selection(sweep: Path, table: dict, cfg, figs: dict) -> list[tuple]:
+    return [("h", 2, "Chosen alpha"), ("p", table["selection"]["statement"]),
+            ("p", (f"Selection rule: the variant with the best mean {cfg.compare.select_by} over seeds on the "
+                  f"{table['main_set']} set; variants within the larger of the two seed standard errors count as tied, "
+                  f"and the tie is broken by the better mean {cfg.compare.tie_break}."))]
+
+
+def section_results(sweep: Path, table: dict, cfg, figs: dict) -> list[tuple]:
+    rows, sets = table["rows"], table["sets"]
     head = ["variant", "alpha", "noise"]
     for s in sets:
         head += [f"win rate % ({s})", f"LC win rate % ({s})", f"avg chars ({s})", f"diversity ({s})"]
@@ -172,7 +206,6 @@ def _blocks(sweep: Path, table: dict, cfg, figs: dict) -> list[tuple]:
                                                                            fmt(m[f"{s}.lc_win_rate"], "lc_win_rate")]
             cells += judge + [fmt(m[f"{s}.avg_chars"], "avg_chars"), fmt(m[f"{s}.diversity"], "diversity")]
         body.append(cells)
-    b.append(("table", head, body))
     head2 = ["variant", "held-out loss", "capability accuracy", "ROUGE-L to train answers", "BLEU to train answers",
              "final train loss", "final clean loss", "train wall time s"]
     body2 = []
@@ -182,20 +215,16 @@ def _blocks(sweep: Path, table: dict, cfg, figs: dict) -> list[tuple]:
         body2.append([r["name"], fmt(m["heldout_loss"], "heldout_loss"), fmt(m["capability"], "capability"),
                       fmt(m["rouge_l"], "rouge_l"), fmt(m["bleu"], "bleu"), fmt(m["train_loss"], "train_loss"), clean,
                       fmt(m["train_wall_time_s"], "train_wall_time_s")])
-    b.append(("table", head2, body2))
-    b.append(("p", "Win rates are the variant's answers against the same-seed baseline's (draws count half); the LC (length-"
-                   "controlled) win rate is the predicted win rate at equal answer length, so a variant that only writes "
-                   "longer answers does not look better. ROUGE-L/BLEU to training answers is the paper's overfitting check."))
+    return [("h", 2, "Results"), ("table", head, body), ("table", head2, body2),
+            ("p", ("Win rates are the variant's answers against the same-seed baseline's (draws count half); the LC "
+                  "(length-controlled) win rate is the predicted win rate at equal answer length, so a variant that only "
+                  "writes longer answers does not look better. ROUGE-L/BLEU to training answers is the paper's "
+                  "overfitting check."))]
 
-    b.append(("h", 2, "Figures"))
-    captions = {"loss": "Training loss with noise (lines) and the same batches' loss without noise (clean_loss, points).",
-                "heldout_loss": "Held-out loss (no noise) per variant.",
-                "winrate_vs_alpha": "Win rate and LC win rate against the baseline vs alpha (hollow diamonds: gaussian noise).",
-                "answer_lengths": "Answer length distribution per variant.",
-                "data_size": "Win rate of the chosen variant against a baseline trained on the same data size."}
-    for k, cap in captions.items():
-        if k in figs:
-            b.append(("fig", figs[k], cap))
+
+def section_figures(sweep: Path, table: dict, cfg, figs: dict) -> list[tuple]:
+    b: list[tuple] = [("h", 2, "Figures")]
+    b += [("fig", figs[k], caption) for k, (_, caption) in FIGURES.items() if k in figs]
     if "data_size" not in figs:
         b.append(("p", "Data-size curve: not run (compare.data_fractions is empty)." if not table.get("skipped_fractions")
                   else "Data-size curve: skipped (no variant could be chosen)."))
@@ -203,53 +232,18 @@ def _blocks(sweep: Path, table: dict, cfg, figs: dict) -> list[tuple]:
         b.append(("table", ["data fraction", "training examples", "win rate %", "LC win rate %"],
                   [[f"{c['fraction']:g}", str(c["n_train"]), fmt(c["win_rate"], "win_rate"), fmt(c["lc_win_rate"], "lc_win_rate")]
                    for c in table["data_curve"]]))
-
-    ex = _examples(sweep, table)
-    if ex:
-        b.append(("h", 2, f"Example answers: baseline vs {sel['chosen']} (seed {seeds[0]}, {main} set)"))
-        b.append(("examples", ex))
-
-    b.append(("h", 2, "Runs"))
-    b.append(("table", ["run dir", "seed", "training examples"],
-              [[d, str(s), str(r["n_train"])] for r in rows + (table.get("fraction_rows") or [])
-               for d, s in zip(r["runs"], r["seeds"])]))
-
-    b.append(("h", 2, "Caveats"))
-    judge_note = ("The offline judge is a proxy, not GPT-4/AlpacaEval: it prefers the answer whose MiniLM sentence "
-                  "embedding is closer to the reference answer (a draw under eval.tie_margin). It measures closeness to "
-                  "the reference, not helpfulness, and says nothing on prompts without a reference."
-                  if cfg.eval.judge == "offline" else
-                  f"Judge: {cfg.eval.judge} ({cfg.eval.judge_model}); LLM judges favour longer answers (hence the LC win rate).")
-    n_eval = cfg.eval.num_samples or "all"
-    summ = _read_json(sweep / rows[0]["runs"][0] / "summary.json") if rows and rows[0]["runs"] else None
-    scale = f"{summ['steps']} optimizer steps on {summ['n_train']} training examples" if summ else "a short run"
-    b.append(("ul", [judge_note,
-                     f"Scale: {len(seeds)} seed(s), {n_eval} prompts per eval set, {scale} per run; "
-                     "intervals over so few seeds are wide (or absent with one seed) and the LC regression is unstable on few prompts.",
-                     "The table's intervals are over seeds; each run's own bootstrap interval over prompts is in its eval/results.json.",
-                     "The chosen alpha is selected and reported on the same eval set, so its win rate is optimistically biased.",
-                     "Capability retention is a small multiple-choice proxy, not the full benchmark."]))
-
-    b.append(("h", 2, "Resolved sweep config"))
-    cfg_text = (sweep / "config.yaml").read_text(encoding="utf-8") if (sweep / "config.yaml").exists() else ""
-    b.append(("code", cfg_text, "yaml"))
-    b.append(("p", "Each run's exact config is its run dir's config.yaml (the sweep config + the variant's overrides, seed, output_dir)."))
-    if summ and summ.get("versions"):
-        b.append(("h", 2, "Package versions"))
-        b.append(("table", ["package", "version"], [[k, str(v)] for k, v in summ["versions"].items()]))
     return b
 
 
-def _examples(sweep: Path, table: dict, k: int = 4) -> list[dict]:
-    """The first k prompts answered by both the seed-0 baseline and the chosen variant, with the verdict."""
+def examples(sweep: Path, table: dict, k: int = 4) -> list[dict]:
+    """The first k prompts answered by both the first seed's baseline and the chosen variant, with the verdict."""
     sel, main = table["selection"], table["main_set"]
     by = {r["name"]: r for r in table["rows"]}
     if not sel.get("chosen") or "baseline" not in by:
         return []
     base_dir, var_dir = sweep / by["baseline"]["runs"][0], sweep / by[sel["chosen"]]["runs"][0]
-    base = _read_json(base_dir / "eval" / "generations" / f"{main}.json") or []
-    var = _read_json(var_dir / "eval" / "generations" / f"{main}.json") or []
-    res = _read_json(var_dir / "eval" / "results.json") or {}
+    base, var = rundir.read_generations(base_dir, main), rundir.read_generations(var_dir, main)
+    res = rundir.read_results(var_dir)
     verdicts = ((res.get("sets", {}).get(main) or {}).get("judge") or {}).get("verdicts") or []
     word = {1.0: f"{sel['chosen']} wins", 0.0: "baseline wins", 0.5: "draw", None: "no verdict"}
     out = []
@@ -262,6 +256,65 @@ def _examples(sweep: Path, table: dict, k: int = 4) -> list[dict]:
         if len(out) == k:
             break
     return out
+
+
+def section_examples(sweep: Path, table: dict, cfg, figs: dict) -> list[tuple]:
+    ex = examples(sweep, table)
+    if not ex:
+        return []
+    return [("h", 2, (f"Example answers: baseline vs {table['selection']['chosen']} (seed {table['seeds'][0]}, "
+                     f"{table['main_set']} set)")), ("examples", ex)]
+
+
+def section_runs(sweep: Path, table: dict, cfg, figs: dict) -> list[tuple]:
+    return [("h", 2, "Runs"),
+            ("table", ["run dir", "seed", "training examples"],
+             [[d, str(s), str(r["n_train"])] for r in table["rows"] + (table.get("fraction_rows") or [])
+              for d, s in zip(r["runs"], r["seeds"])])]
+
+
+def _first_summary(sweep: Path, table: dict) -> dict:
+    rows = table["rows"]
+    return rundir.read_summary(sweep / rows[0]["runs"][0]) if rows and rows[0]["runs"] else {}
+
+
+def section_caveats(sweep: Path, table: dict, cfg, figs: dict) -> list[tuple]:
+    judge_note = ("The offline judge is a proxy, not GPT-4/AlpacaEval: it prefers the answer whose MiniLM sentence "
+                  "embedding is closer to the reference answer (a draw under eval.tie_margin). It measures closeness to "
+                  "the reference, not helpfulness, and says nothing on prompts without a reference."
+                  if cfg.eval.judge == "offline" else
+                  f"Judge: {cfg.eval.judge} ({cfg.eval.judge_model}); LLM judges favour longer answers (hence the LC win rate).")
+    n_eval = cfg.eval.num_samples or "all"
+    summ = _first_summary(sweep, table)
+    scale = f"{summ['steps']} optimizer steps on {summ['n_train']} training examples" if summ else "a short run"
+    return [("h", 2, "Caveats"),
+            ("ul", [judge_note,
+                    (f"Scale: {len(table['seeds'])} seed(s), {n_eval} prompts per eval set, {scale} per run; intervals "
+                    "over so few seeds are wide (or absent with one seed) and the LC regression is unstable on few prompts."),
+                    ("The table's intervals are over seeds; each run's own bootstrap interval over prompts is in its "
+                    f"{rundir.results_path('')}."),
+                    "The chosen alpha is selected and reported on the same eval set, so its win rate is optimistically biased.",
+                    "Capability retention is a small multiple-choice proxy, not the full benchmark."])]
+
+
+def section_config(sweep: Path, table: dict, cfg, figs: dict) -> list[tuple]:
+    p = rundir.config_path(sweep)
+    b = [("h", 2, "Resolved sweep config"), ("code", p.read_text(encoding="utf-8") if p.exists() else "", "yaml"),
+         ("p", (f"Each run's exact config is its run dir's {rundir.CONFIG} (the sweep config + the variant's overrides, "
+               "seed, output_dir)."))]
+    summ = _first_summary(sweep, table)
+    if summ.get("versions"):
+        b += [("h", 2, "Package versions"), ("table", ["package", "version"], [[k, str(v)] for k, v in summ["versions"].items()])]
+    return b
+
+
+SECTIONS = (section_title, section_selection, section_results, section_figures, section_examples, section_runs,
+            section_caveats, section_config)
+
+
+def build_blocks(sweep: Path, table: dict, cfg, figs: dict) -> list[tuple]:
+    """The whole report as blocks, section by section (rendered to both HTML and Markdown)."""
+    return [blk for section in SECTIONS for blk in section(sweep, table, cfg, figs)]
 
 
 # ----------------------------------------------------------------------------- rendering
@@ -357,12 +410,12 @@ def to_markdown(blocks) -> str:
 def write_report(sweep_dir, table: dict, cfg) -> Path:
     """Writes report/{index.html, report.md, *.png} under the sweep dir; returns index.html's path."""
     sweep = Path(sweep_dir)
-    out = sweep / "report"
+    out = rundir.report_dir(sweep)
     out.mkdir(parents=True, exist_ok=True)
     for old in out.glob("*.png"):  # a figure that no longer has data must not linger
         old.unlink()
-    figs = _figures(sweep, table, out)
-    blocks = _blocks(sweep, table, cfg, figs)
-    (out / "report.md").write_text(to_markdown(blocks), encoding="utf-8")
-    (out / "index.html").write_text(to_html(blocks, out), encoding="utf-8")
+    figs = draw_figures(sweep, table, out)
+    blocks = build_blocks(sweep, table, cfg, figs)
+    rundir.atomic_write(out / "report.md", to_markdown(blocks))
+    rundir.atomic_write(out / "index.html", to_html(blocks, out))
     return out / "index.html"

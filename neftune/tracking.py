@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import json
 import math
-import os
-from pathlib import Path
+
+from . import rundir
+from .rundir import read_metrics  # noqa: F401  (re-exported: bench and older callers import it from here)
 
 
 class MetricsLogger:
     def __init__(self, output_dir, report_to=("jsonl",), resume_step: int = 0, enabled: bool = True):
         self.enabled = enabled
-        self.path = Path(output_dir) / "metrics.jsonl"
+        self.path = rundir.metrics_path(output_dir)
         self.tb = None
         if not enabled:
             return
@@ -22,9 +23,9 @@ class MetricsLogger:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self.tb = SummaryWriter(log_dir=str(Path(output_dir) / "runs"), purge_step=resume_step + 1 if resume_step else None)
+                self.tb = SummaryWriter(log_dir=str(rundir.tensorboard_dir(output_dir)), purge_step=resume_step + 1 if resume_step else None)
             except ImportError:  # pragma: no cover
-                print("[neftune] tensorboard not installed; metrics go to metrics.jsonl only")
+                print(f"[neftune] tensorboard not installed; metrics go to {rundir.METRICS} only")
 
     def _truncate_after(self, step: int):
         if not self.path.exists():
@@ -37,9 +38,7 @@ class MetricsLogger:
                 continue  # a line cut by a kill mid-write
             if step and rec.get("step", 0) <= step and "heldout_loss" not in rec:
                 keep.append(line)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text("".join(l + "\n" for l in keep), encoding="utf-8")
-        os.replace(tmp, self.path)
+        rundir.atomic_write(self.path, "".join(l + "\n" for l in keep))
 
     def log(self, record: dict):
         if not self.enabled:
@@ -56,16 +55,3 @@ class MetricsLogger:
     def close(self):
         if self.tb is not None:
             self.tb.close()
-
-
-def read_metrics(run_dir) -> list[dict]:
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            pass
-    return out

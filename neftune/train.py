@@ -11,7 +11,6 @@ numpy / torch / NEFTune-generator random states are part of every checkpoint.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import random
@@ -24,10 +23,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .config import Config, save_config
+from . import rundir
+from .config import Config
 from .errors import NeftuneError, TrainingDiverged
-from .modeling import load_model, load_tokenizer, supervised_loss, unwrap
+from .modeling import heldout_loss, load_model, load_tokenizer, supervised_loss, unwrap
 from .noise import activate
+from .rundir import list_checkpoints
 from .tracking import MetricsLogger
 
 
@@ -54,15 +55,6 @@ class LossModule(torch.nn.Module):
 
 
 # ----------------------------------------------------------------------------- checkpoints
-def list_checkpoints(output_dir) -> list[Path]:
-    """Complete checkpoints (trainer_state.json is written last, then the dir is renamed in)."""
-    out = Path(output_dir)
-    if not out.exists():
-        return []
-    ckpts = [p for p in out.glob("checkpoint-*") if p.name.split("-")[-1].isdigit() and (p / "trainer_state.json").exists()]
-    return sorted(ckpts, key=lambda p: int(p.name.split("-")[-1]))
-
-
 def _rng_state(noise_gen) -> dict:
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
              "noise": noise_gen.get_state()}
@@ -91,9 +83,7 @@ def save_model(model, tokenizer, path, accelerator):
 
 
 def save_checkpoint(accelerator, model, tokenizer, optimizer, scheduler, noise_gen, step, output_dir, limit):
-    out = Path(output_dir)
-    final = out / f"checkpoint-{step}"
-    tmp = out / f".tmp-checkpoint-{step}"
+    tmp = rundir.checkpoint_tmp_path(output_dir, step)
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -107,16 +97,7 @@ def save_checkpoint(accelerator, model, tokenizer, optimizer, scheduler, noise_g
     _failpoint("during_save", step)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        (tmp / "trainer_state.json").write_text(json.dumps({"global_step": step}))
-        for f in tmp.iterdir():  # durable before the rename makes it visible
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        if limit:
-            for old in list_checkpoints(out)[:-limit]:
-                shutil.rmtree(old, ignore_errors=True)
+        rundir.commit_checkpoint(tmp, output_dir, step, keep=limit)
     accelerator.wait_for_everyone()
 
 
@@ -144,7 +125,7 @@ def load_checkpoint(ckpt: Path, model, optimizer, scheduler, noise_gen, rank: in
     rng = ckpt / f"rng_state_{rank}.pth"
     if rng.exists():
         _set_rng_state(torch.load(rng, weights_only=False), noise_gen)
-    return json.loads((ckpt / "trainer_state.json").read_text())["global_step"]
+    return rundir.checkpoint_step(ckpt)
 
 
 def resolve_resume(cfg: Config):
@@ -152,11 +133,10 @@ def resolve_resume(cfg: Config):
     if not r:
         return None
     if str(r).lower() in ("latest", "true"):
-        ckpts = list_checkpoints(cfg.output_dir)
-        return ckpts[-1] if ckpts else None
+        return rundir.latest_checkpoint(cfg.output_dir)
     p = Path(r)
-    if not (p / "trainer_state.json").exists():
-        raise NeftuneError(f"resume_from_checkpoint: {r} is not a complete checkpoint (no trainer_state.json)")
+    if not rundir.is_complete_checkpoint(p):
+        raise NeftuneError(f"resume_from_checkpoint: {r} is not a complete checkpoint (no {rundir.TRAINER_STATE})")
     return p
 
 
@@ -178,24 +158,6 @@ def build_model(cfg: Config, device):
     return model.to(device)
 
 
-@torch.no_grad()
-def heldout_loss(model, examples, batch_size, pad_token_id, max_length) -> float:
-    from .data import make_batches
-
-    if not examples:
-        return float("nan")
-    was_training = model.training
-    model.eval()
-    total, n = 0.0, 0
-    device = next(model.parameters()).device
-    for batch in make_batches(examples, batch_size, packing=False, max_length=max_length,
-                              pad_token_id=pad_token_id, seed=0, epoch=0):
-        loss, k = supervised_loss(model, {k: v.to(device) for k, v in batch.items()}, reduction="sum")
-        total, n = total + float(loss), n + k
-    model.train(was_training)
-    return total / max(n, 1)
-
-
 # ----------------------------------------------------------------------------- the run
 def train(cfg: Config) -> dict:
     from accelerate import Accelerator
@@ -208,10 +170,9 @@ def train(cfg: Config) -> dict:
     out = Path(cfg.output_dir)
     if acc.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
-        for stale in out.glob(".tmp-checkpoint-*"):  # a kill during a save: never loaded
-            print(f"[neftune] removing incomplete checkpoint {stale.name}")
-            shutil.rmtree(stale, ignore_errors=True)
-        save_config(cfg, out / "config.yaml")
+        for stale in rundir.remove_incomplete_checkpoints(out):  # a kill during a save: never loaded
+            print(f"[neftune] removing incomplete checkpoint {stale}")
+        rundir.write_config(out, cfg)
     random.seed(cfg.seed), np.random.seed(cfg.seed), torch.manual_seed(cfg.seed)
 
     tokenizer = load_tokenizer(cfg.model)
@@ -219,8 +180,8 @@ def train(cfg: Config) -> dict:
     if not data.train_examples:
         raise NeftuneError(f"{cfg.data.path}: no training examples left after filtering ({dict(data.skipped)})")
     if acc.is_main_process:
-        write_records(out / "data" / "train.jsonl", data.train_records)
-        write_records(out / "data" / "heldout.jsonl", data.heldout_records)
+        rundir.write_records(out, "train", data.train_records)
+        rundir.write_records(out, "heldout", data.heldout_records)
     model = build_model(cfg, acc.device)
     model.train()
 
@@ -331,20 +292,10 @@ def train(cfg: Config) -> dict:
                "n_heldout": len(data.heldout_examples), "skipped": dict(data.skipped), "resumed_from": str(ckpt) if ckpt else None,
                "world_size": world, "versions": versions()}
     if acc.is_main_process:
-        (out / "summary.json").write_text(json.dumps(summary, indent=2))
+        rundir.write_summary(out, summary)
         print(f"[neftune] done: {out} (train loss {last_loss:.4f}, held-out loss {hl:.4f}, {summary['wall_time_s']} s)")
     acc.wait_for_everyone()
     return summary
-
-
-def write_records(path, records):
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
 
 
 def versions() -> dict:

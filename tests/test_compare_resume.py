@@ -16,7 +16,7 @@ def _compare(out, model_dir, env_extra=None):
             "eval.overfit_samples=3", "eval.capability_samples=3", "eval.bootstrap=20",
             "compare.variants=[{name: alpha5, neftune_noise_alpha: 5}]", "compare.seeds=[0]"]
     env = {**os.environ, **(env_extra or {})}
-    return subprocess.run([sys.executable, "-m", "neftune.cli", "compare", *args], env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "neftune.cli", "compare", *args], env=env, check=False, capture_output=True,
                           text=True, timeout=600)
 
 

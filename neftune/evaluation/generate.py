@@ -18,13 +18,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
 import torch
 
 from ..errors import DataError, NeftuneError
+from ..rundir import atomic_write as _atomic_write
 
 # The NEFTune repo's eval decodes greedily with repetition_penalty=1.2 (their "original" setting).
 PRESETS = {"greedy": {"repetition_penalty": None}, "original": {"repetition_penalty": 1.2}}
@@ -80,21 +80,6 @@ def _load_cache(path: Path, prompts: Sequence[str], settings: str) -> dict[int, 
     if len(good_lines) != len(raw.splitlines()) or (raw and not raw.endswith("\n")):
         _atomic_write(path, "".join(l + "\n" for l in good_lines))
     return done
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _device(model) -> torch.device:

@@ -1,51 +1,48 @@
-"""`neftune eval RUN_DIR [--against OTHER_RUN_DIR]`: the paper's evidence for one run.
+"""`neftune eval RUN_DIR [--against OTHER_RUN_DIR]`: the paper's evidence for one run, in stages.
 
-Per eval set (held-out ShareGPT split, MT-Bench first turns, user files): generations in
-AlpacaEval format (cached, resumable), answer length, diversity, similarity to the reference;
-with --against, pairwise judging (offline MiniLM judge or an LLM judge) with raw and
-length-controlled win rates side by side. Per run: held-out loss/perplexity (no noise), overlap
-with training answers (ROUGE-L/BLEU, the paper's overfitting check) and multiple-choice
-capability retention. Writes RUN_DIR/eval/{results.json, summary.md, config.yaml, generations/}.
+1. generate (`generate_stage`): this run's model answers every eval set (held-out split, MT-Bench
+   first turns, user files) in AlpacaEval format, cached by weights and decoding settings and
+   resumable, plus the single-model metrics: answer length, diversity, similarity to the
+   reference, held-out loss/perplexity (no noise), overlap with training answers (ROUGE-L/BLEU,
+   the paper's overfitting check) and multiple-choice capability retention -> eval/scores.json.
+2. judge (`judge_stage`, with --against): this run's saved answers (A) against OTHER's saved answers
+   (B), read from the two generation files, with raw and length-controlled win rates. It never loads
+   OTHER's model and never writes into OTHER's dir -> eval/judgments/<set>.json (in this run's dir).
+3. results (`write_results`): both merged -> eval/results.json, summary.md, config.yaml.
+
+Each stage is reused when its inputs are unchanged (same weights and settings; same two answer files
+and judge), so an interrupted or repeated evaluation redoes only what is missing.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
-import os
 import time
 from pathlib import Path
-from typing import Optional
 
-from ..config import Config, from_dict, load_config, save_config
+from .. import rundir
+from ..config import Config, load_config, to_dict
 from ..errors import NeftuneError
+from ..rundir import weights_fingerprint  # noqa: F401  (kept importable from here)
 
 PARTS = ("generate", "metrics", "loss", "overfit", "judge", "capability")
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    if not path.exists():
-        raise NeftuneError(f"{path}: missing (was the run trained with neftune train?)")
-    return [json.loads(l) for l in path.read_text(encoding="utf-8").splitlines() if l.strip()]
+# EvalConfig keys that only change the judging stage, never the answers or single-model metrics.
+JUDGE_ONLY = ("judge", "judge_base_url", "judge_model", "judge_api_key_env", "judge_max_retries", "judge_timeout",
+              "tie_margin", "bootstrap")
 
 
 def run_config(run_dir) -> Config:
-    import yaml
-
-    p = Path(run_dir) / "config.yaml"
-    if not p.exists():
-        raise NeftuneError(f"{run_dir}: not a neftune run dir (no config.yaml)")
-    return from_dict(yaml.safe_load(p.read_text(encoding="utf-8")))
+    return rundir.read_config(run_dir)
 
 
 def eval_records(run_dir, name: str, cfg: Config) -> list[dict]:
     from ..data import load_records, mtbench_records
 
-    if name == "heldout":
-        recs = _read_jsonl(Path(run_dir) / "data" / "heldout.jsonl")
+    if name in rundir.RECORDS:  # "heldout" / "train": the records the run actually used
+        recs = rundir.read_records(run_dir, name)
     elif name == "mt-bench":
         recs = mtbench_records()
-    elif name == "train":
-        recs = _read_jsonl(Path(run_dir) / "data" / "train.jsonl")
     else:
         recs = load_records(name, format=cfg.data.format, columns=cfg.data.columns or None,
                             on_bad_record=cfg.data.on_bad_record, require_answer=False)
@@ -64,148 +61,245 @@ def _instruction(record) -> str:
     return "\n\n".join(m["content"] for m in msgs if m["role"] != "system")
 
 
-def weights_fingerprint(run_dir) -> str:
-    """Size + mtime of the saved weights: a run retrained in place never reuses stale answers."""
-    parts = []
-    for f in sorted(Path(run_dir).glob("*.safetensors")):
-        st = f.stat()
-        parts.append(f"{f.name}:{st.st_size}:{st.st_mtime_ns}")
-    import hashlib
-
-    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:10]
+def _sha(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()
 
 
-def generations(model, tok, cfg: Config, run_dir, name: str, records: list[dict]) -> list[str]:
-    """Answers of this run's model to the set (cached under eval/generations/; resumable)."""
-    from ..data import prompt_text
-    from .generate import generate_answers, write_alpaca_eval
-
-    gen_dir = Path(run_dir) / "eval" / "generations"
-    gen_dir.mkdir(parents=True, exist_ok=True)
-    sname = set_name(name)
+def decoding_settings(cfg: Config) -> dict:
+    """What decides an answer besides the weights and the prompt: two runs' answers are only paired
+    when these are equal."""
     e = cfg.eval
-    prompts = [prompt_text(r, tok, cfg.data.template) for r in records]
-    instructions = [_instruction(r) for r in records]
-    generator = Path(run_dir).name
-    outs = generate_answers(model, tok, prompts, max_new_tokens=e.max_new_tokens, batch_size=e.batch_size,
-                            preset=e.preset, do_sample=e.do_sample, temperature=e.temperature, top_p=e.top_p,
-                            repetition_penalty=e.repetition_penalty, seed=cfg.seed,
-                            cache_path=gen_dir / f"{sname}.{weights_fingerprint(run_dir)}.partial.jsonl", generator_name=generator,
-                            dataset_name=sname, instructions=instructions)
-    write_alpaca_eval(gen_dir / f"{sname}.json", instructions, outs, generator=generator, dataset=sname)
-    return outs
+    d = {"preset": e.preset, "max_new_tokens": e.max_new_tokens, "do_sample": e.do_sample,
+         "repetition_penalty": e.repetition_penalty}
+    if e.do_sample:
+        d.update(temperature=e.temperature, top_p=e.top_p, seed=cfg.seed)
+    return d
 
 
 def _finite(x):
     return x if isinstance(x, (int, float)) and math.isfinite(x) else None
 
 
-def evaluate(cfg: Config, run_dir, against: Optional[str] = None) -> dict:
-    """Evaluate RUN_DIR (and judge it against OTHER's answers). Returns the results dict."""
-    from ..data import reference, tokenize_example
-    from ..modeling import load_trained
-    from ..train import heldout_loss
-    from .metrics import Embedder, bleu, diversity, length_stats, rouge_l
-
-    t0 = time.time()
-    run = Path(run_dir)
-    out = run / "eval"
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
+def _check_parts(cfg: Config) -> set:
     parts = set(cfg.eval.parts)
     unknown = parts - set(PARTS)
     if unknown:
         raise NeftuneError(f"eval.parts: unknown {sorted(unknown)}; choose from {PARTS}")
-    model, tok, _ = load_trained(run)
-    results: dict = {"run": str(run), "against": str(against) if against else None, "sets": {}}
-    embedder = None
+    return parts
 
+
+# ----------------------------------------------------------------------------- stage 1: generate
+def generations(model, tok, cfg: Config, run_dir, name: str, records: list[dict]) -> list[str]:
+    """Answers of this run's model to the set: eval/generations/<set>.json (AlpacaEval format) plus
+    <set>.meta.json saying how they were made (cached per weights and settings; resumable)."""
+    from ..data import prompt_text
+    from .generate import generate_answers, write_alpaca_eval
+
+    run, sname, e = Path(run_dir), set_name(name), cfg.eval
+    prompts = [prompt_text(r, tok, cfg.data.template) for r in records]
+    instructions = [_instruction(r) for r in records]
+    fingerprint = rundir.weights_fingerprint(run)
+    outs = generate_answers(model, tok, prompts, max_new_tokens=e.max_new_tokens, batch_size=e.batch_size,
+                            preset=e.preset, do_sample=e.do_sample, temperature=e.temperature, top_p=e.top_p,
+                            repetition_penalty=e.repetition_penalty, seed=cfg.seed,
+                            cache_path=rundir.generations_cache_path(run, sname, fingerprint),
+                            generator_name=run.name, dataset_name=sname, instructions=instructions)
+    write_alpaca_eval(rundir.generations_path(run, sname), instructions, outs, generator=run.name, dataset=sname)
+    rundir.write_json(rundir.generations_meta_path(run, sname),
+                      {"set": sname, "n": len(outs), "decoding": decoding_settings(cfg), "weights": fingerprint,
+                       "template": cfg.data.template, "instructions_sha256": _sha(instructions)})
+    return outs
+
+
+def _generation_identity(cfg: Config, run: Path) -> dict:
+    """Everything stage 1's output depends on: the weights and every eval setting but the judge's."""
+    e = {k: v for k, v in to_dict(cfg.eval).items() if k not in JUDGE_ONLY}
+    return {"weights": rundir.weights_fingerprint(run), "eval": e, "seed": cfg.seed, "template": cfg.data.template}
+
+
+def _heldout_loss(model, tok, cfg: Config, run: Path) -> dict:
+    from ..data import tokenize_example
+    from ..modeling import heldout_loss
+
+    ex = []
+    for r in rundir.read_records(run, "heldout"):
+        try:
+            ex.append(tokenize_example(r, tok, cfg.data.template, cfg.data.max_length, cfg.data.train_on_inputs, True))
+        except NeftuneError:
+            pass  # an example with no supervised token left after truncation has no loss
+    hl = heldout_loss(model, ex, 8, tok.pad_token_id, cfg.data.max_length)
+    return {"heldout_loss": _finite(hl), "heldout_ppl": _finite(math.exp(hl)) if math.isfinite(hl) and hl < 50 else None}
+
+
+def generate_stage(cfg: Config, run_dir) -> tuple[dict, bool]:
+    """This run's answers and single-model metrics -> eval/scores.json. Returns (scores, reused)."""
+    from ..data import reference
+    from ..modeling import load_trained
+    from .metrics import Embedder, bleu, diversity, length_stats, rouge_l
+
+    run, parts = Path(run_dir), _check_parts(cfg)
+    identity = _generation_identity(cfg, run)
+    saved = rundir.read_json(rundir.scores_path(run))
+    if saved.get("identity") == identity and all(rundir.generations_path(run, s).exists()
+                                                 for s in saved.get("generated", [])):
+        return saved, True
+    t0 = time.time()
+    model, tok, _ = load_trained(run)
+    scores: dict = {"identity": identity, "generated": [], "sets": {}}
+    embedder = None
     for name in cfg.eval.sets:
-        sname = set_name(name)
         records = eval_records(run, name, cfg)
         if not records:
             continue
         res: dict = {"n": len(records)}
-        outs = generations(model, tok, cfg, run, name, records) if parts & {"generate", "metrics", "judge"} else None
-        refs = [reference(r) for r in records]
-        if outs is not None and "metrics" in parts:
-            res["length"] = length_stats(outs, tok)
-            res["diversity"] = diversity(outs)
-            pairs = [(o, r) for o, r in zip(outs, refs) if r]
-            if pairs:
-                embedder = embedder or Embedder()
-                sims = embedder.similarity([o for o, _ in pairs], [r for _, r in pairs])
-                res["similarity_to_reference"] = float(sims.mean())
-        if outs is not None and "judge" in parts and against:
-            res["judge"] = judge_against(cfg, run, against, name, records, outs, refs)
-        results["sets"][sname] = res
-
+        if parts & {"generate", "metrics", "judge"}:
+            outs = generations(model, tok, cfg, run, name, records)
+            scores["generated"].append(set_name(name))
+            if "metrics" in parts:
+                res["length"], res["diversity"] = length_stats(outs, tok), diversity(outs)
+                pairs = [(o, r) for o, r in zip(outs, map(reference, records)) if r]
+                if pairs:
+                    embedder = embedder or Embedder()
+                    sims = embedder.similarity([o for o, _ in pairs], [r for _, r in pairs])
+                    res["similarity_to_reference"] = float(sims.mean())
+        scores["sets"][set_name(name)] = res
     if "loss" in parts:
-        held = _read_jsonl(run / "data" / "heldout.jsonl")
-        ex = []
-        for r in held:
-            try:
-                ex.append(tokenize_example(r, tok, cfg.data.template, cfg.data.max_length, cfg.data.train_on_inputs, True))
-            except NeftuneError:
-                pass  # an example with no supervised token left after truncation has no loss
-        hl = heldout_loss(model, ex, 8, tok.pad_token_id, cfg.data.max_length)
-        results["heldout_loss"] = _finite(hl)
-        results["heldout_ppl"] = _finite(math.exp(hl)) if math.isfinite(hl) and hl < 50 else None
+        scores.update(_heldout_loss(model, tok, cfg, run))
     if "overfit" in parts and cfg.eval.overfit_samples:
         train_recs = eval_records(run, "train", cfg)
         outs = generations(model, tok, cfg, run, "train", train_recs)
         refs = [reference(r) or "" for r in train_recs]
-        results["overfit"] = {"rouge_l": rouge_l(outs, refs), "bleu": bleu(outs, refs), "n": len(outs),
-                              "length": length_stats(outs, tok)}
+        scores["overfit"] = {"rouge_l": rouge_l(outs, refs), "bleu": bleu(outs, refs), "n": len(outs),
+                             "length": length_stats(outs, tok)}
     if "capability" in parts and cfg.eval.capability_samples:
         from .capability import load_questions, mc_accuracy
 
-        results["capability"] = mc_accuracy(model, tok, load_questions(n=cfg.eval.capability_samples), batch_size=8)
-    results["wall_time_s"] = round(time.time() - t0, 1)
-    tmp = out / "results.json.tmp"
-    tmp.write_text(json.dumps(results, indent=2))
-    os.replace(tmp, out / "results.json")
-    (out / "summary.md").write_text(summary_markdown(results), encoding="utf-8")
-    return results
+        scores["capability"] = mc_accuracy(model, tok, load_questions(n=cfg.eval.capability_samples), batch_size=8)
+    scores["wall_time_s"] = round(time.time() - t0, 1)
+    rundir.write_json(rundir.scores_path(run), scores)
+    return scores, False
 
 
-def judge_against(cfg: Config, run: Path, against, name, records, outs, refs) -> dict:
-    """Judge this run's answers (A) against OTHER's answers (B) to the same prompts."""
+# ----------------------------------------------------------------------------- stage 2: judge
+def other_answers(run: Path, other: Path, sname: str) -> list[dict]:
+    """OTHER's saved answers to the set, checked to pair with this run's: same prompts, same decoding
+    settings, made by OTHER's current weights. Read-only: OTHER's dir is never written."""
+    from .generate import read_alpaca_eval
+
+    mine, theirs = (rundir.read_json(rundir.generations_meta_path(r, sname)) for r in (run, other))
+    redo = f"run `neftune eval {other}` first, with the same eval settings as this evaluation"
+    if not rundir.generations_path(other, sname).exists() or not theirs:
+        raise NeftuneError(f"{other}: no saved answers to the {sname!r} set "
+                           f"({rundir.generations_path(other, sname)} missing); {redo}")
+    if theirs.get("decoding") != mine.get("decoding"):
+        diff = sorted(k for k in set(mine.get("decoding", {})) | set(theirs.get("decoding") or {})
+                      if (mine.get("decoding") or {}).get(k) != (theirs.get("decoding") or {}).get(k))
+        raise NeftuneError(f"{rundir.generations_path(other, sname)}: made with different decoding settings "
+                           f"({', '.join(diff)} differ); {redo}")
+    if theirs.get("instructions_sha256") != mine.get("instructions_sha256"):
+        raise NeftuneError(f"{rundir.generations_path(other, sname)}: answers a different prompt list than {run}'s "
+                           f"{sname!r} set (n={theirs.get('n')} vs {mine.get('n')}); {redo}")
+    if theirs.get("weights") != rundir.weights_fingerprint(other):
+        raise NeftuneError(f"{rundir.generations_path(other, sname)}: made by older weights ({other} was retrained "
+                           f"since); {redo}")
+    return read_alpaca_eval(rundir.generations_path(other, sname))
+
+
+def _judge_identity(cfg: Config) -> dict:
+    e = cfg.eval
+    return {"judge": e.judge, "model": e.judge_model if e.judge == "llm" else None,
+            "tie_margin": e.tie_margin if e.judge == "offline" else None, "bootstrap": e.bootstrap, "seed": cfg.seed}
+
+
+def judge_stage(cfg: Config, run_dir, against) -> tuple[dict, bool]:
+    """Verdicts of this run's answers (A) against OTHER's (B) per set -> eval/judgments/<set>.json.
+    Returns ({set: win-rate summary}, reused)."""
+    run, other = Path(run_dir), Path(against)
+    if "judge" not in _check_parts(cfg):
+        return {}, True
+    scores = rundir.read_json(rundir.scores_path(run))
+    out, reused, judge = {}, True, None
+    for name in cfg.eval.sets:
+        sname = set_name(name)
+        if sname not in scores.get("generated", []):
+            continue
+        b_rows = other_answers(run, other, sname)
+        key = {"against": str(other), "judge": _judge_identity(cfg),
+               "a_sha256": rundir.file_sha256(rundir.generations_path(run, sname)),
+               "b_sha256": rundir.file_sha256(rundir.generations_path(other, sname))}
+        saved = rundir.read_json(rundir.judgments_path(run, sname))
+        if saved.get("key") == key:
+            out[sname] = saved["summary"]
+            continue
+        reused = False
+        t0 = time.time()
+        if judge is None:
+            judge = _make_judge(cfg)
+        summary = _judge_set(cfg, judge, run, name, b_rows) if judge else {}
+        if summary:
+            summary["against"] = str(other)
+        rundir.write_json(rundir.judgments_path(run, sname),
+                          {"key": key, "summary": summary, "wall_time_s": round(time.time() - t0, 1)})
+        out[sname] = summary
+    return out, reused
+
+
+def _make_judge(cfg: Config):
+    """The configured judge, or False for `judge: none` (so it is built once, lazily)."""
     from ..assets import cache_dir
-    from ..modeling import load_trained
     from .judge import make_judge
+
+    cache = cache_dir() / "judge" / f"{cfg.eval.judge}.jsonl" if cfg.eval.judge == "llm" else None
+    return make_judge(cfg.eval, cache_path=cache) or False
+
+
+def _judge_set(cfg: Config, judge, run: Path, name: str, b_rows: list[dict]) -> dict:
+    from ..data import reference
+    from .generate import read_alpaca_eval
     from .metrics import length_lists
     from .winrate import win_rate_summary
 
-    other = Path(against)
-    sname = set_name(name)
-    other_file = other / "eval" / "generations" / f"{sname}.json"
-    other_cfg = load_config(None, [], base=run_config(other))
-    other_cfg.eval = cfg.eval  # same decoding settings for both sides
-    # Always through the (cached) generator: answers decoded with other settings are never paired.
-    m, t, _ = load_trained(other)
-    generations(m, t, other_cfg, other, name, records)
-    del m
-    other_rows = json.loads(other_file.read_text())[: len(records)]
-    instructions = [_instruction(r) for r in records]
-    if [r["instruction"] for r in other_rows] != instructions:
-        raise NeftuneError(f"{other_file}: prompts differ from {run}'s {sname} set (different eval settings?)")
-    outs_b = [r["output"] for r in other_rows]
-    cache = cache_dir() / "judge" / f"{cfg.eval.judge}.jsonl" if cfg.eval.judge == "llm" else None
-    judge = make_judge(cfg.eval, cache_path=cache)
-    if judge is None:
-        return {}
-    items = [{"prompt": i, "answer_a": a, "answer_b": b, "reference": ref}
-             for i, a, b, ref in zip(instructions, outs, outs_b, refs)]
+    a_rows = read_alpaca_eval(rundir.generations_path(run, set_name(name)))
+    refs = [reference(r) for r in eval_records(run, name, cfg)]
+    outs_a, outs_b = [r["output"] for r in a_rows], [r["output"] for r in b_rows]
+    items = [{"prompt": a["instruction"], "answer_a": a["output"], "answer_b": b["output"], "reference": ref}
+             for a, b, ref in zip(a_rows, b_rows, refs)]
     verdicts = [v for v, _ in judge.judge_many(items, progress=True)]
-    summary = win_rate_summary(verdicts, length_lists(outs)["chars"], length_lists(outs_b)["chars"], n_boot=cfg.eval.bootstrap,
-                               seed=cfg.seed)
+    summary = win_rate_summary(verdicts, length_lists(outs_a)["chars"], length_lists(outs_b)["chars"],
+                               n_boot=cfg.eval.bootstrap, seed=cfg.seed)
     summary["judge"] = cfg.eval.judge if cfg.eval.judge != "llm" else f"llm:{cfg.eval.judge_model}"
-    summary["against"] = str(other)
     summary["verdicts"] = verdicts
     if hasattr(judge, "stats"):
         summary["judge_stats"] = dict(judge.stats)
     return summary
+
+
+# ----------------------------------------------------------------------------- stage 3: results
+def write_results(cfg: Config, run_dir, against, scores: dict, judgments: dict) -> dict:
+    """scores + judgments -> eval/results.json, summary.md, config.yaml (left untouched when unchanged)."""
+    run = Path(run_dir)
+    results: dict = {"run": str(run), "against": str(against) if against else None, "sets": {}}
+    for sname, s in scores.get("sets", {}).items():
+        results["sets"][sname] = {**s, **({"judge": judgments[sname]} if sname in judgments else {})}
+    for k in ("heldout_loss", "heldout_ppl", "overfit", "capability"):
+        if k in scores:
+            results[k] = scores[k]
+    judge_s = sum(rundir.read_json(rundir.judgments_path(run, s)).get("wall_time_s", 0) for s in judgments)
+    results["wall_time_s"] = round(scores.get("wall_time_s", 0) + judge_s, 1)
+    same_cfg = rundir.eval_config_path(run).exists() and rundir.read_config(run, rundir.eval_config_path(run)) == cfg
+    if rundir.read_results(run) == json.loads(json.dumps(results)) and same_cfg:
+        return results
+    rundir.write_config(run, cfg, path=rundir.eval_config_path(run))
+    rundir.write_json(rundir.results_path(run), results)
+    rundir.atomic_write(rundir.eval_summary_path(run), summary_markdown(results))
+    return results
+
+
+def evaluate(cfg: Config, run_dir, against: str | None = None) -> dict:
+    """All stages for RUN_DIR (judged against OTHER's saved answers with `against`). Returns results."""
+    scores, _ = generate_stage(cfg, run_dir)
+    judgments, _ = judge_stage(cfg, run_dir, against) if against else ({}, True)
+    return write_results(cfg, run_dir, against, scores, judgments)
 
 
 def _fmt(x, nd=2):
@@ -243,5 +337,5 @@ def evaluate_cli(run_dir, against=None, cfg_file=None, overrides=()):
     cfg = load_config(cfg_file, list(overrides), base=base)
     res = evaluate(cfg, run_dir, against)
     print(summary_markdown(res))
-    print(f"[neftune] wrote {Path(run_dir) / 'eval' / 'results.json'} and summary.md")
+    print(f"[neftune] wrote {rundir.results_path(run_dir)} and {rundir.eval_summary_path(run_dir)}")
     return res

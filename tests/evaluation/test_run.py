@@ -1,6 +1,11 @@
-"""`neftune eval RUN --against OTHER` end to end on tiny runs: results.json, summary.md, AlpacaEval files."""
+"""`neftune eval RUN --against OTHER` end to end on tiny runs: results.json, summary.md, AlpacaEval files;
+judging reads OTHER's saved answers and never touches OTHER's directory."""
+import hashlib
 import json
+import shutil
 from pathlib import Path
+
+import pytest
 
 from neftune.cli import main
 from neftune.config import load_config
@@ -8,29 +13,83 @@ from neftune.evaluation.generate import read_alpaca_eval
 from neftune.train import train
 
 DATA = str(Path(__file__).parents[1] / "assets" / "tiny_alpaca.jsonl")
+EVAL = ["eval.sets=[heldout]", "eval.num_samples=4", "eval.max_new_tokens=6", "eval.overfit_samples=3",
+        "eval.capability_samples=3", "eval.bootstrap=20"]
 
 
-def test_eval_against_baseline(tmp_path, tiny_llama_dir, capsys):
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_llama_dir):
+    root = tmp_path_factory.mktemp("trained")
     for name, alpha in (("base", 0), ("neft", 5)):
-        train(load_config(None, [f"model={tiny_llama_dir}", f"output_dir={tmp_path/name}", f"data.path={DATA}",
+        train(load_config(None, [f"model={tiny_llama_dir}", f"output_dir={root / name}", f"data.path={DATA}",
                                  "data.eval_size=4", "data.max_length=256", "max_steps=2", "report_to=[jsonl]",
                                  f"neftune_noise_alpha={alpha}", "save_steps=0"]))
-    args = ["eval", str(tmp_path / "neft"), "--against", str(tmp_path / "base"), "eval.sets=[heldout]",
-            "eval.num_samples=4", "eval.max_new_tokens=6", "eval.overfit_samples=3", "eval.capability_samples=3",
-            "eval.bootstrap=20"]
+    return root
+
+
+@pytest.fixture
+def runs(trained, tmp_path):
+    """Fresh copies of the two trained runs (copy2 keeps mtimes: same weights fingerprint)."""
+    for name in ("base", "neft"):
+        shutil.copytree(trained / name, tmp_path / name)
+    return tmp_path / "base", tmp_path / "neft"
+
+
+def snapshot(root: Path) -> dict:
+    """Every file under root: content hash and mtime (ns), plus every directory's mtime."""
+    snap = {}
+    for p in sorted(root.rglob("*")):
+        st = p.stat()
+        snap[str(p.relative_to(root))] = (hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir",
+                                          st.st_mtime_ns)
+    return snap
+
+
+def test_eval_against_baseline(runs, capsys):
+    base, neft = runs
+    assert main(["eval", str(base), *EVAL]) == 0
+    args = ["eval", str(neft), "--against", str(base), *EVAL]
     assert main(args) == 0
-    res = json.loads((tmp_path / "neft" / "eval" / "results.json").read_text())
+    res = json.loads((neft / "eval" / "results.json").read_text())
     j = res["sets"]["heldout"]["judge"]
     assert j["n"] + j["unusable"] == 4 and j["wins"] + j["losses"] + j["draws"] == j["n"]
     assert j["win_rate"] is not None and j["lc_win_rate"] is not None
     for k in ("heldout_loss", "overfit", "capability"):
         assert res[k] is not None
-    rows = read_alpaca_eval(tmp_path / "neft" / "eval" / "generations" / "heldout.json")
+    rows = read_alpaca_eval(neft / "eval" / "generations" / "heldout.json")
     assert len(rows) == 4 and set(rows[0]) == {"instruction", "output", "generator", "dataset"}
-    assert (tmp_path / "base" / "eval" / "generations" / "heldout.json").exists()  # the other side was generated
-    summary = (tmp_path / "neft" / "eval" / "summary.md").read_text()
+    assert (neft / "eval" / "judgments" / "heldout.json").exists()  # the verdicts live with the judged run
+    summary = (neft / "eval" / "summary.md").read_text()
     assert "LC win rate" in summary and "win rate" in summary
-    # rerun: everything from the caches, same numbers
+    # rerun: everything from the caches, same numbers, nothing rewritten
+    before = snapshot(neft)
     assert main(args) == 0
-    again = json.loads((tmp_path / "neft" / "eval" / "results.json").read_text())
-    assert again["sets"] == res["sets"]
+    again = json.loads((neft / "eval" / "results.json").read_text())
+    assert again["sets"] == res["sets"] and snapshot(neft) == before
+
+
+def test_judging_leaves_the_other_run_byte_for_byte_unchanged(runs):
+    base, neft = runs
+    assert main(["eval", str(base), *EVAL]) == 0
+    before = snapshot(base)
+    assert main(["eval", str(neft), "--against", str(base), *EVAL]) == 0
+    assert json.loads((neft / "eval" / "results.json").read_text())["sets"]["heldout"]["judge"]["win_rate"] is not None
+    assert snapshot(base) == before
+
+
+def test_missing_or_mismatched_other_answers_say_what_to_run(runs, capsys):
+    base, neft = runs
+    before = snapshot(base)
+    assert main(["eval", str(neft), "--against", str(base), *EVAL]) == 1
+    err = capsys.readouterr().err
+    assert f"run `neftune eval {base}` first" in err and "heldout" in err
+    assert snapshot(base) == before  # not evaluated on the judged run's behalf
+    assert main(["eval", str(base), *EVAL, "eval.max_new_tokens=5"]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(neft), "--against", str(base), *EVAL]) == 1
+    err = capsys.readouterr().err
+    assert "different decoding settings (max_new_tokens differ)" in err and f"neftune eval {base}" in err
+    assert main(["eval", str(base), *EVAL, "eval.num_samples=3"]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(neft), "--against", str(base), *EVAL]) == 1
+    assert "different prompt list" in capsys.readouterr().err
