@@ -254,11 +254,11 @@ def decide(variants: Mapping[str, PerSeed], baseline, metric: str, higher_is_bet
                 out["runner_up_margin"] = {"diff": m["diff"], "ci": m["ci"], "method": m["method"]}
                 out["runner_up_distinguishable"] = bool(m["ci"][0] > 0 or m["ci"][1] < 0)
         return out
-    out["statement"], out["mde"], out["design"] = _no_winner(usable, metric, worse, target, unit)
+    out["statement"], out["mde"], out["design"] = _no_winner(usable, metric, worse, target, unit, items)
     return out
 
 
-def _no_winner(usable: dict, metric: str, worse: list, target: float, unit: str):
+def _no_winner(usable: dict, metric: str, worse: list, target: float, unit: str, items: str):
     what = "distinguishably better than" if worse else "distinguishable from"
     if not usable:
         return f"no variant is {what} the baseline at this size (no usable pairs on {metric})", None, None
@@ -270,7 +270,7 @@ def _no_winner(usable: dict, metric: str, worse: list, target: float, unit: str)
     p, s = design_for(target, var_b, var_w, min_seeds=seeds)
     stmt = (f"no variant is {what} the baseline at this size; the smallest difference this design can detect "
             f"(80% power, 5% level) is {mde:.3g} {unit}; detecting {target:g} {unit} would take about "
-            f"{p} prompts × {s} seeds")
+            f"{p} {items} × {s} seeds")
     if worse:
         stmt += f" ({', '.join(worse)}: worse than the baseline on {metric})"
     return stmt, mde, {"prompts": p, "seeds": s}

@@ -124,3 +124,12 @@ def test_design_for_formula():
     p, s = stats.design_for(5.0, var_b=10.0, var_w=2500.0, min_seeds=2)
     assert 10.0 / s <= (5 / (stats.Z_975 + stats.Z_80)) ** 2 / 2
     assert stats.minimum_detectable_effect(10.0, 2500.0, s, p) <= 5.0
+
+
+def test_decision_lists_worse_variants_and_says_so():
+    rng = np.random.default_rng(5)
+    base, variants = _sweep(rng, {"α=5": -1.0, "α=10": 0.0}, seeds=3, prompts=60)
+    d = stats.decide(variants, base, "score")
+    assert d["chosen"] is None and d["worse"] == ["α=5"]
+    assert d["statement"].startswith("no variant is distinguishably better than the baseline at this size")
+    assert "α=5: worse than the baseline on score" in d["statement"]
