@@ -144,10 +144,18 @@ def _jsonl(path: Path) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def mtbench_records() -> list[dict]:
+def mtbench_records(order: str = "stratified") -> list[dict]:
     """The 80 MT-Bench questions, first turn only, as prompt-only records with `category`,
     `question_id` and `reference` (GPT-4's first-turn reference answer where FastChat has one
-    (math, reasoning, coding), else None)."""
+    (math, reasoning, coding), else None).
+
+    ``order="stratified"`` (default) so that the first N records span the categories (the file's own
+    order starts with 10 writing then 10 roleplay questions, none with a reference): round-robin over
+    the categories, the categories with the most reference answers first (ties: file order), and
+    within a category questions with a reference first, then by question_id. Deterministic.
+    ``order="file"`` keeps FastChat's order."""
+    if order not in ("stratified", "file"):
+        raise ValueError(f"mtbench_records: order must be 'stratified' or 'file', got {order!r}")
     root = _mtbench_dir()
     qfile = root / "question.jsonl"
     if not qfile.exists():
@@ -162,4 +170,18 @@ def mtbench_records() -> list[dict]:
         qid = q["question_id"]
         out.append({"messages": [{"role": "user", "content": q["turns"][0]}], "source": f"mt-bench:{qid}",
                     "id": f"mt-bench-{qid}", "category": q["category"], "question_id": qid, "reference": refs.get(qid)})
+    return stratified_order(out) if order == "stratified" else out
+
+
+def stratified_order(records: list[dict]) -> list[dict]:
+    """Round-robin over ``category``: categories with more references first (then first appearance);
+    inside a category, records with a reference first, then by ``question_id``."""
+    groups: dict = {}
+    for r in records:
+        groups.setdefault(r["category"], []).append(r)
+    cats = sorted(groups, key=lambda c: -sum(r["reference"] is not None for r in groups[c]))  # stable: file order
+    queues = [sorted(groups[c], key=lambda r: (r["reference"] is None, r["question_id"])) for c in cats]
+    out = []
+    for k in range(max(len(q) for q in queues) if queues else 0):
+        out += [q[k] for q in queues if k < len(q)]
     return out

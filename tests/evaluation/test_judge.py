@@ -191,6 +191,7 @@ def test_offline_identical_to_reference_beats_unrelated(offline):
     unrelated = "The stock market closed higher on Tuesday after strong earnings reports."
     v, info = offline.judge("What is photosynthesis?", ref, unrelated, reference=ref)
     assert v == 1.0 and info["basis"] == "reference" and info["sim_a"] > info["sim_b"]
+    assert info["margin"] == pytest.approx(info["sim_a"] - info["sim_b"])
     assert offline.judge("What is photosynthesis?", unrelated, ref, reference=ref)[0] == 0.0
 
 
@@ -202,4 +203,16 @@ def test_offline_near_equal_is_a_draw_and_prompt_fallback(offline):
         {"prompt": "What is the capital of France?", "answer_a": a, "answer_b": "I like turtles.", "reference": None},
         {"prompt": "What is the capital of France?", "answer_a": "I like turtles.", "answer_b": a, "reference": None},
     ])
-    assert [v for v, _ in res] == [1.0, 0.0] and all(i["basis"] == "prompt" for _, i in res)
+    assert [v for v, _ in res] == [1.0, 0.0] and all(i["basis"] == "prompt-proxy" for _, i in res)
+
+
+def test_offline_without_reference_or_prompt_has_no_basis_and_no_verdict(offline):
+    before = dict(offline.stats)
+    (v, info), (v2, info2) = offline.judge_many([
+        {"prompt": "", "answer_a": "Paris.", "answer_b": "I like turtles.", "reference": None},
+        {"prompt": "Capital of France?", "answer_a": "Paris.", "answer_b": "I like turtles.", "reference": "Paris."},
+    ])
+    assert v is None and info["basis"] is None and info["margin"] is None
+    assert v2 == 1.0 and info2["basis"] == "reference" and info2["margin"] > 0
+    assert offline.stats["no_basis"] == before["no_basis"] + 1
+    assert offline.stats["basis_reference"] == before["basis_reference"] + 1

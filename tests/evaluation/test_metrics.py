@@ -26,17 +26,26 @@ def test_diversity_hand_computed():
     assert d["rep_2"] == pytest.approx(1 - 2 / 3)
     assert d["rep_3"] == 0.0 and d["rep_4"] == 0.0
     assert d["diversity"] == pytest.approx(2 / 3)
+    assert d["per_item"] == pytest.approx([2 / 3]) and d["n"] == 1
 
 
-def test_diversity_pools_over_answers_lowercases_and_does_not_cross_boundaries():
-    # Same answer twice (case differs): every n-gram appears twice -> rep-n = 1/2 for n = 2, 3, 4.
-    d = diversity(["The cat sat down", "the CAT sat down"])
-    assert d["rep_2"] == pytest.approx(0.5) and d["rep_3"] == pytest.approx(0.5) and d["rep_4"] == pytest.approx(0.5)
-    assert d["diversity"] == pytest.approx(0.125)
-    # No cross-boundary n-gram: "x y" + "x y" has only (x,y) twice, not (y,x).
-    assert diversity(["x y", "x y"])["rep_2"] == pytest.approx(0.5)
-    # No n-grams at all: nothing repeated, diversity 1.
-    assert diversity(["one", ""]) == {"rep_2": 0.0, "rep_3": 0.0, "rep_4": 0.0, "diversity": 1.0}
+def test_diversity_is_per_generation_then_averaged():
+    texts = ["The cat sat down", "the CAT sat down", "x y x y x y", "one"]
+    d = diversity(texts)
+    # Hand computation, one generation at a time:
+    #  1, 2: every n-gram unique within the answer -> rep-n = 0, diversity 1 (pooling would say 0.125);
+    #  3: "x y x y x y": 2-grams xy yx xy yx xy -> 2/5 unique, rep2 = 3/5; 3-grams xyx yxy xyx yxy -> rep3 = 1/2;
+    #     4-grams xyxy yxyx xyxy -> rep4 = 1/3; diversity = 2/5 * 1/2 * 2/3 = 2/15;
+    #  4: "one" has no 2-gram: undefined, left out of the mean and counted.
+    assert d["per_item"] == pytest.approx([1.0, 1.0, 2 / 15, None])
+    assert d["diversity"] == pytest.approx((1 + 1 + 2 / 15) / 3)
+    assert d["rep_2"] == pytest.approx((0 + 0 + 3 / 5) / 3)
+    assert d["rep_3"] == pytest.approx((0 + 0 + 1 / 2) / 3)
+    assert d["rep_4"] == pytest.approx((0 + 0 + 1 / 3) / 3)
+    assert (d["n"], d["n_undefined"]) == (3, 1)
+    # A longer answer is not penalised for repeating phrases of another answer.
+    assert diversity(["a b c", "a b c d e f"])["diversity"] == pytest.approx(1.0)
+    assert diversity(["one", ""])["diversity"] is None
 
 
 def test_rouge_l_hand_computed_and_identity():
