@@ -24,7 +24,7 @@ def _batch(T=10):
 def test_r3f_loss_is_symmetric_kl_and_masks():
     a, b = torch.randn(4, 7), torch.randn(4, 7)
     pa, pb = a.log_softmax(-1), b.log_softmax(-1)
-    kl = lambda p, q: (p.exp() * (p - q)).sum(-1)  # noqa: E731  KL(p||q)
+    kl = lambda p, q: (p.exp() * (p - q)).sum(-1)
     assert torch.allclose(r3f_loss(a, b), (kl(pa, pb) + kl(pb, pa)).sum(), atol=1e-5)
     assert torch.allclose(r3f_loss(a, b), r3f_loss(b, a))
     m = torch.tensor([True, False, True, False])
@@ -78,9 +78,8 @@ def test_clean_pass_has_gradients_too(tiny_llama_dir):
 
 
 def test_training_step_with_r3f_runs(tmp_path, tiny_llama_dir):
-    from tests.test_train import cfg_for
-
     from neftune.train import train
+    from tests.test_train import cfg_for
 
     summary = train(cfg_for(tiny_llama_dir, tmp_path / "run", "max_steps=2", "r3f_lambda=0.5", "save_steps=0",
                             "neftune_placement=prompt"))
