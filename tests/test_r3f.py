@@ -49,7 +49,7 @@ def test_term_zero_without_noise_positive_with_noise_and_gradient_flows(tiny_lla
     for alpha, positive in ((0.0, False), (5.0, True)):
         stats = {}
         with neftune.activate(model, alpha, placement=placement, generator=torch.Generator().manual_seed(0)):
-            loss, n = r3f_supervised_loss(model, b, 1.0, stats)
+            _, n = r3f_supervised_loss(model, b, 1.0, stats)
         assert n == int((b["labels"][:, 1:] != -100).sum())
         if positive:
             assert stats["r3f_kl"] > 0
