@@ -4,16 +4,9 @@ Both judges return ``(verdict, info)`` with verdict 1.0 (A wins), 0.0 (B wins), 
 None (unusable: no decision could be read; counted, never guessed), ready for
 ``neftune.evaluation.winrate.win_rate_summary``.
 
-Every verdict's ``info["basis"]`` says what it rests on: "reference" (compared with a reference
-answer), "prompt-proxy" (compared with the prompt only: a relevance proxy), "llm" (an LLM judge's
-preference), or None (nothing to compare with: the verdict is None). ``win_rate_summary(...,
-bases=...)`` keeps these apart as separate rows.
-
 * ``OfflineJudge``: no network. The answer whose MiniLM embedding is closer (cosine) to the
   reference answer wins. Eval-only sets may have no reference; then both answers are compared
-  with the prompt instead (a relevance proxy, far weaker: basis "prompt-proxy"). ``info["margin"]``
-  = sim_a - sim_b is the continuous per-prompt score (more power than win/lose in
-  ``neftune.stats``).
+  with the prompt instead (a relevance proxy, far weaker) and ``info["basis"] == "prompt"``.
 * ``LLMJudge``: an OpenAI-compatible chat endpoint with an AlpacaEval-style pairwise prompt, asked
   in both presentation orders to cancel position bias. Every single-order verdict is cached in a
   JSONL file so an interrupted or repeated evaluation never pays for the same question twice.
@@ -47,17 +40,14 @@ def _text(prompt) -> str:
 
 # --------------------------------------------------------------------------- offline
 class OfflineJudge:
-    """MiniLM cosine similarity to the reference answer (or to the prompt when there is none).
-
-    ``stats``: judged, basis_reference, basis_prompt (prompt-proxy verdicts), no_basis (no reference
-    and an empty prompt: verdict None)."""
+    """MiniLM cosine similarity to the reference answer (or to the prompt when there is none)."""
 
     name = "offline-minilm"
 
     def __init__(self, embedder: Optional[Embedder] = None, tie_margin: float = 0.01):
         self.embedder = embedder if embedder is not None else Embedder()
         self.tie_margin = float(tie_margin)
-        self.stats = {"judged": 0, "basis_reference": 0, "basis_prompt": 0, "no_basis": 0}
+        self.stats = {"judged": 0, "basis_prompt": 0}
 
     def judge(self, prompt, answer_a: str, answer_b: str, reference: Optional[str] = None):
         return self.judge_many([{"prompt": prompt, "answer_a": answer_a, "answer_b": answer_b,
@@ -67,29 +57,19 @@ class OfflineJudge:
         """Batch version: every distinct text is embedded once."""
         anchors = []
         for it in items:
-            ref, prompt = it.get("reference"), _text(it.get("prompt")).strip()
-            if ref is not None and str(ref).strip():
-                anchors.append((ref, "reference"))
-            elif prompt:
-                anchors.append((prompt, "prompt-proxy"))
-            else:
-                anchors.append((None, None))  # nothing to compare with: no verdict, no basis
-        texts = sorted({a for a, _ in anchors if a is not None}
-                       | {it["answer_a"] for it in items} | {it["answer_b"] for it in items})
+            ref = it.get("reference")
+            anchors.append((ref, "reference") if ref is not None else (_text(it.get("prompt")), "prompt"))
+        texts = sorted({a for a, _ in anchors} | {it["answer_a"] for it in items} | {it["answer_b"] for it in items})
         emb = dict(zip(texts, self.embedder.encode(texts))) if texts else {}
         out = []
         for it, (anchor, basis) in zip(items, anchors):
-            self.stats["judged"] += 1
-            if basis is None:
-                self.stats["no_basis"] += 1
-                out.append((None, {"basis": None, "sim_a": None, "sim_b": None, "margin": None}))
-                continue
             sim_a = float(emb[it["answer_a"]] @ emb[anchor])
             sim_b = float(emb[it["answer_b"]] @ emb[anchor])
             diff = sim_a - sim_b
             verdict = 0.5 if abs(diff) < self.tie_margin else (1.0 if diff > 0 else 0.0)
-            self.stats["basis_reference" if basis == "reference" else "basis_prompt"] += 1
-            out.append((verdict, {"basis": basis, "sim_a": sim_a, "sim_b": sim_b, "margin": diff}))
+            self.stats["judged"] += 1
+            self.stats["basis_prompt"] += basis == "prompt"
+            out.append((verdict, {"basis": basis, "sim_a": sim_a, "sim_b": sim_b}))
         return out
 
     def __repr__(self):
