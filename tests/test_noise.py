@@ -6,9 +6,15 @@ import torch
 from transformers import AutoModelForCausalLM
 
 import neftune
-from neftune.noise import DISTRIBUTIONS, PLACEMENTS, document_ids, neftune_noise, per_token_length, placement_mask, \
-    sequence_energy
-
+from neftune.noise import (
+    DISTRIBUTIONS,
+    PLACEMENTS,
+    document_ids,
+    neftune_noise,
+    per_token_length,
+    placement_mask,
+    sequence_energy,
+)
 
 VAR_X2 = {"uniform": 0.8, "gaussian": 2.0, "symmetric": 0.0}
 
