@@ -21,8 +21,9 @@ from .noise import NEFTune, activate
 
 
 class NEFTuneCallback(TrainerCallback):
-    def __init__(self, alpha: float = 5.0, distribution: str = "uniform", seed: Optional[int] = None):
-        self.alpha, self.distribution, self.seed = alpha, distribution, seed
+    def __init__(self, alpha: float = 5.0, distribution: str = "uniform", seed: Optional[int] = None,
+                 placement: str = "all"):
+        self.alpha, self.distribution, self.seed, self.placement = alpha, distribution, seed, placement
         self.handle: Optional[NEFTune] = None
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
@@ -33,7 +34,8 @@ class NEFTuneCallback(TrainerCallback):
         if self.seed is not None:
             device = next(model.parameters()).device
             gen = torch.Generator(device=device).manual_seed(self.seed + getattr(args, "process_index", 0))
-        self.handle = activate(model, self.alpha, distribution=self.distribution, generator=gen)
+        self.handle = activate(model, self.alpha, distribution=self.distribution, generator=gen,
+                               placement=self.placement)  # prompt/response: from the labels the Trainer passes
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if self.handle is not None and logs is not None:

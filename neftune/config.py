@@ -25,7 +25,8 @@ from .errors import ConfigError
 
 # Closed choices: one Literal each drives coercion, validation, `--help` and `choices()`. To add a
 # value (e.g. a new noise distribution), add it here and handle it where it is used.
-Distribution = Literal["uniform", "gaussian"]
+Distribution = Literal["uniform", "gaussian", "symmetric"]
+Placement = Literal["all", "prompt", "response"]
 DataFormat = Literal["auto", "alpaca", "sharegpt", "messages", "prompt_completion"]
 Template = Literal["alpaca", "chat"]
 OnBadRecord = Literal["error", "skip"]
@@ -168,7 +169,13 @@ class Config:
     neftune_noise_alpha: float = 5.0
     """NEFTune alpha; 0 = no noise. Noise U(-1,1)*alpha/sqrt(L*d) per sequence, L its real token count."""
     neftune_distribution: Distribution = "uniform"
-    """uniform (the paper's) | gaussian (same expected energy alpha^2/3 per sequence)."""
+    """uniform (the paper's) | gaussian | symmetric (+-1 Rademacher); all with expected energy alpha^2/3 per sequence."""
+    neftune_placement: Placement = "all"
+    """Which tokens get NEFTune noise: all | prompt | response (from labels; L counts the noised tokens, energy stays alpha^2/3)."""
+    r3f_lambda: float = 0.0
+    """R3F-style consistency: weight of the symmetric KL between noisy and clean next-token distributions (per supervised token); 0 = off."""
+    model_dropout: float = 0.0
+    """The model's own dropout (attention_dropout, resid_pdrop, ... whichever its config has) during training; 0 = the checkpoint's values."""
     clean_loss_steps: int = 10
     """Every N steps also log the same batch's loss without noise (`clean_loss`, no grad); 0 = off."""
     learning_rate: float = 2e-4
@@ -213,6 +220,7 @@ class Config:
     """Evaluation options (`neftune eval`)."""
     compare: CompareConfig = field(default_factory=CompareConfig)
     """Sweep options (`neftune compare`)."""
+
 
 
 # --------------------------------------------------------------------------- docstrings -> help
@@ -412,6 +420,8 @@ def validate(cfg: Config) -> None:
         cfg.neftune_noise_alpha >= 0 and cfg.neftune_noise_alpha == cfg.neftune_noise_alpha,
         f"neftune_noise_alpha must be a finite number >= 0, got {cfg.neftune_noise_alpha}",
     )
+    need(cfg.r3f_lambda >= 0, f"r3f_lambda must be >= 0, got {cfg.r3f_lambda}")
+    need(0 <= cfg.model_dropout < 1, f"model_dropout must be in [0, 1), got {cfg.model_dropout}")
     need(cfg.learning_rate > 0, f"learning_rate must be > 0, got {cfg.learning_rate}")
     need(cfg.per_device_train_batch_size >= 1, "per_device_train_batch_size must be >= 1")
     need(cfg.gradient_accumulation_steps >= 1, "gradient_accumulation_steps must be >= 1")

@@ -42,13 +42,14 @@ def load_tokenizer(name_or_path: str):
     return tok
 
 
-def load_model(name_or_path: str, dtype: str = "float32", device: Optional[str] = None):
+def load_model(name_or_path: str, dtype: str = "float32", device: Optional[str] = None, **config_overrides):
+    """config_overrides: model config attributes set before the model is built (e.g. attention_dropout)."""
     from transformers import AutoModelForCausalLM
 
     path = resolve_model(name_or_path)
     torch_dtype = "auto" if dtype == "auto" else _DTYPES[dtype]
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, **config_overrides)
     except OSError as e:
         raise NeftuneError(f"cannot load model '{name_or_path}': {e}") from None
     if getattr(model, "hf_quantizer", None) is not None and all(p.is_floating_point() for p in model.parameters()):

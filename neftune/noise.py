@@ -16,6 +16,22 @@ Noise lives in the embedding *table's* space: for models whose embedding module 
 output (Gemma multiplies by sqrt(d) inside the module in transformers 5), the noise is multiplied
 by that same scale, i.e. it is exactly as if it had been added to the looked-up table rows before
 the model's own scale. So alpha means the same thing for every model family.
+
+Variants (issue 13), all behind the same API and the same guarantees (per sequence / packed
+document, zero on padding, train mode only, energy alpha^2/3 in expectation):
+- distribution="gaussian": NEFTune paper's ablation, N(0, alpha^2/(3 L d)).
+- distribution="symmetric": Rademacher (+-1 with probability 1/2 each) times alpha/sqrt(3 L d).
+  Motivated by SymNoise (Yadav & Singh 2023, arXiv 2312.01523), whose abstract says "symmetric
+  noise" that "more stringently regulat[es] local curvature". We could NOT read the paper's
+  algorithm section, so we do not call this SymNoise. What we could read: the one third-party
+  implementation we found (mii-llm/palingenesis `SymNoiseHook`) draws Bernoulli {-1, +1} noise
+  times alpha/sqrt(T d), T the padded row length. Two differences, both deliberate: L is the
+  real (noised) token count as everywhere here, and the extra 1/sqrt(3) keeps the expected
+  energy per sequence at alpha^2/3 like uniform/gaussian (their scaling gives alpha^2, i.e. their
+  alpha equals our alpha * sqrt(3)).
+- token_mask / placement: noise only on the masked tokens (prompt-only or response-only, from
+  labels), L counted over the noised tokens of each sequence / packed document, so the energy of
+  each document's noised part is still alpha^2/3 (NEFTune issue #15 asks this question).
 """
 from __future__ import annotations
 
@@ -25,7 +41,8 @@ from typing import Optional
 
 import torch
 
-DISTRIBUTIONS = ("uniform", "gaussian")
+DISTRIBUTIONS = ("uniform", "gaussian", "symmetric")
+PLACEMENTS = ("all", "prompt", "response")
 
 
 def _check_alpha(alpha) -> float:
@@ -69,12 +86,30 @@ def per_token_length(doc: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     return counts.gather(1, doc)
 
 
+def placement_mask(labels: torch.Tensor, placement: str) -> Optional[torch.Tensor]:
+    """Which tokens get noise (B×T bool), from the batch's labels; None for placement="all".
+
+    Our labels are unshifted (data/templates.py): labels[t] is token t itself where token t is
+    supervised, -100 otherwise. So response = labels != -100, prompt = labels == -100 (padding is
+    -100 too, but the attention mask zeroes it anyway). In packed rows the first token of every
+    document is -100 (collate.py); it is a prompt token (BOS) unless train_on_inputs.
+    """
+    if placement not in PLACEMENTS:
+        raise ValueError(f"placement must be one of {PLACEMENTS}, got {placement!r}")
+    if placement == "all":
+        return None
+    return labels != -100 if placement == "response" else labels == -100
+
+
 def neftune_noise(embeds: torch.Tensor, alpha: float, *, attention_mask=None, position_ids=None,
-                  distribution: str = "uniform", generator: Optional[torch.Generator] = None) -> torch.Tensor:
+                  distribution: str = "uniform", generator: Optional[torch.Generator] = None,
+                  token_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
     """The noise to add to `embeds` (B×T×d): U(-1,1)·alpha/sqrt(L·d) per sequence (see module doc).
 
     distribution="gaussian" is the paper's ablation: N(0, sigma^2) with sigma = alpha/sqrt(3·L·d),
     chosen so the expected energy per sequence is the same alpha^2/3 as the uniform one.
+    distribution="symmetric": +-1 (Rademacher) times alpha/sqrt(3·L·d), same expected energy.
+    token_mask (B×T bool, optional): only these tokens get noise and L counts only them.
     Padding (attention_mask == 0) gets exactly 0; a row or document with L == 0 gets 0, never NaN.
     Drawn in float32 (bf16 has too few mantissa bits for small noise) and cast to embeds.dtype.
     """
@@ -87,18 +122,32 @@ def neftune_noise(embeds: torch.Tensor, alpha: float, *, attention_mask=None, po
         return torch.zeros_like(embeds)
     B, T, d = embeds.shape
     doc, valid = document_ids((B, T), attention_mask, position_ids, device=embeds.device)
+    valid = _apply_token_mask(valid, token_mask)
     L = per_token_length(doc, valid)
     scale = torch.where(valid & (L > 0), a / torch.sqrt(L.clamp(min=1.0) * d), torch.zeros_like(L))
     if distribution == "uniform":
         base = torch.rand((B, T, d), generator=generator, device=embeds.device, dtype=torch.float32) * 2 - 1
-    else:
+    elif distribution == "gaussian":
         base = torch.randn((B, T, d), generator=generator, device=embeds.device, dtype=torch.float32) / math.sqrt(3.0)
+    else:  # E[x^2] = 1 for +-1, 1/3 for U(-1,1): divide by sqrt(3) to match
+        bits = torch.randint(0, 2, (B, T, d), generator=generator, device=embeds.device, dtype=torch.int8)
+        base = (bits.float() * 2 - 1) / math.sqrt(3.0)
     return (base * scale.unsqueeze(-1)).to(embeds.dtype)
 
 
-def sequence_energy(noise: torch.Tensor, attention_mask=None, position_ids=None) -> torch.Tensor:
-    """Sum of squared noise per sequence (per document for packed rows): 1-D, one entry per document."""
+def _apply_token_mask(valid: torch.Tensor, token_mask) -> torch.Tensor:
+    if token_mask is None:
+        return valid
+    if tuple(token_mask.shape) != tuple(valid.shape):
+        raise ValueError(f"token_mask must be B×T {tuple(valid.shape)}, got {tuple(token_mask.shape)}")
+    return valid & token_mask.to(device=valid.device, dtype=torch.bool)
+
+
+def sequence_energy(noise: torch.Tensor, attention_mask=None, position_ids=None, token_mask=None) -> torch.Tensor:
+    """Sum of squared noise per sequence (per document for packed rows): 1-D, one entry per document
+    (with a token_mask: per document that has at least one masked token)."""
     doc, valid = document_ids(noise.shape[:2], attention_mask, position_ids, device=noise.device)
+    valid = _apply_token_mask(valid, token_mask)
     return _per_document(noise.float().pow(2).sum(-1) * valid, doc, valid)
 
 
@@ -148,11 +197,15 @@ class NEFTune:
     """
 
     def __init__(self, model, alpha: float, *, distribution: str = "uniform",
-                 generator: Optional[torch.Generator] = None, track_stats: bool = True):
+                 generator: Optional[torch.Generator] = None, track_stats: bool = True, placement: str = "all"):
         self.alpha = _check_alpha(alpha)
         if distribution not in DISTRIBUTIONS:
             raise ValueError(f"distribution must be one of {DISTRIBUTIONS}, got {distribution!r}")
+        if placement not in PLACEMENTS:
+            raise ValueError(f"placement must be one of {PLACEMENTS}, got {placement!r}")
         self.distribution, self.generator, self.track_stats = distribution, generator, track_stats
+        self.placement = placement
+        self._next_labels = None
         self.model = model
         self.embedding = _find_embedding(model)
         for h in self.embedding._forward_hooks.values():
@@ -170,6 +223,11 @@ class NEFTune:
         owner = _find_parent(model, self.embedding) or self.embedding
         self._handles.append(owner.register_forward_pre_hook(self._capture, with_kwargs=True))
         self._handles.append(self.embedding.register_forward_hook(self._add_noise))
+        from .modeling import unwrap
+
+        top = unwrap(model)  # the causal LM: `labels` reach its forward, not the backbone's
+        if top is not owner:
+            self._handles.append(top.register_forward_pre_hook(self._capture_labels, with_kwargs=True))
         self.embedding._neftune_handle = self
         self._patched_generate = False
         if hasattr(model, "generate") and callable(model.generate):
@@ -186,11 +244,30 @@ class NEFTune:
             self._patched_generate = True
 
     # ---------------------------------------------------------------- hooks
+    def _capture_labels(self, module, args, kwargs):
+        self._next_labels = kwargs.get("labels")
+        return None
+
+    def set_labels(self, labels: Optional[torch.Tensor]) -> None:
+        """Labels of the next forward, for callers that run the backbone directly (our training
+        loss does): placement="prompt"/"response" derives its token mask from them. Used once."""
+        self._next_labels = labels
+
     def _capture(self, module, args, kwargs):
         cache = kwargs.get("cache", None) or kwargs.get("past_key_values", None)
+        labels, self._next_labels = kwargs.get("labels", self._next_labels), None
         self._batch = {"attention_mask": kwargs.get("attention_mask"), "position_ids": kwargs.get("position_ids"),
-                       "has_cache": cache is not None}
+                       "has_cache": cache is not None, "labels": labels}
         return None
+
+    def _token_mask(self, labels, B, T):
+        if self.placement == "all":
+            return None
+        if labels is None or tuple(labels.shape) != (B, T):
+            got = "no labels" if labels is None else f"labels of shape {tuple(labels.shape)}"
+            raise ValueError(f"NEFTune placement={self.placement!r} needs the batch's labels (B×T = {(B, T)}) to tell "
+                             f"prompt from response tokens, got {got}: pass labels= to the model or call set_labels()")
+        return placement_mask(labels, self.placement)
 
     def _add_noise(self, module, inputs, output):
         batch, self._batch = self._batch, {}  # one batch's mask is never reused for the next forward
@@ -202,12 +279,13 @@ class NEFTune:
             mask = None
         if pos is not None and (pos.dim() != 2 or pos.shape[-1] != T):
             pos = None
+        tmask = self._token_mask(batch.get("labels"), B, T)
         noise = neftune_noise(output, self.alpha, attention_mask=mask, position_ids=pos,
-                              distribution=self.distribution, generator=self.generator)
+                              distribution=self.distribution, generator=self.generator, token_mask=tmask)
         scale = getattr(module, "embed_scale", None)
         if self.track_stats:
             with torch.no_grad():
-                self._record(output, noise, mask, pos, scale)
+                self._record(output, noise, mask, pos, scale, tmask)
         if scale is not None:
             noise = noise * torch.as_tensor(scale, device=noise.device).to(noise.dtype)
         return output + noise
@@ -216,9 +294,10 @@ class NEFTune:
     def _reset_stats(self):
         self._ratios, self._noise_sq, self._token_sq = [], 0.0, 0.0
 
-    def _record(self, output, noise, mask, pos, scale):
+    def _record(self, output, noise, mask, pos, scale, tmask=None):
         # one pass over the noise: per-token squared norms feed both the energy and the norm ratio
         doc, valid = document_ids(output.shape[:2], mask, pos, device=output.device)
+        valid = _apply_token_mask(valid, tmask)  # energy and norms over the noised tokens only
         tok_sq = noise.float().pow(2).sum(-1) * valid
         energy = _per_document(tok_sq, doc, valid)
         self._ratios.append((energy / (self.alpha ** 2 / 3)).cpu())

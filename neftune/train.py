@@ -28,6 +28,8 @@ from .config import Config
 from .errors import NeftuneError, TrainingDiverged
 from .modeling import heldout_loss, load_model, load_tokenizer, supervised_loss, unwrap
 from .noise import activate
+from .r3f import r3f_supervised_loss, set_noise_labels
+from .regularizers import model_dropout_overrides
 from .rundir import list_checkpoints
 from .tracking import MetricsLogger
 
@@ -45,11 +47,18 @@ def _failpoint(name: str, step: int):
 class LossModule(torch.nn.Module):
     """Wraps the model so DDP/FSDP see one forward that returns (loss_sum, n_tokens)."""
 
-    def __init__(self, model):
+    def __init__(self, model, r3f_lambda: float = 0.0):
         super().__init__()
         self.model = model
+        self.r3f_lambda = r3f_lambda
 
     def forward(self, batch):
+        # --- rivals (issue 13): R3F consistency term (neftune/r3f.py); labels to the noise hook for placement
+        if self.r3f_lambda > 0:
+            loss, n = r3f_supervised_loss(self.model, batch, self.r3f_lambda)
+            return loss, torch.tensor(n, device=loss.device)
+        set_noise_labels(self.model, batch["labels"])
+        # --- end rivals
         loss, n = supervised_loss(self.model, batch, reduction="sum")
         return loss, torch.tensor(n, device=loss.device)
 
@@ -142,7 +151,7 @@ def resolve_resume(cfg: Config):
 
 # ----------------------------------------------------------------------------- model
 def build_model(cfg: Config, device):
-    model = load_model(cfg.model, cfg.dtype)
+    model = load_model(cfg.model, cfg.dtype, **model_dropout_overrides(cfg.model, cfg.model_dropout))
     if cfg.gradient_checkpointing:
         enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
         enable()
@@ -208,7 +217,7 @@ def train(cfg: Config) -> dict:
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     scheduler = get_scheduler(cfg.lr_scheduler_type, optimizer, num_warmup_steps=math.ceil(cfg.warmup_ratio * total_steps),
                               num_training_steps=total_steps)
-    wrapped, optimizer, scheduler = acc.prepare(LossModule(model), optimizer, scheduler)
+    wrapped, optimizer, scheduler = acc.prepare(LossModule(model, cfg.r3f_lambda), optimizer, scheduler)
     noise_gen = torch.Generator(device=acc.device).manual_seed(cfg.seed * 100003 + rank + 1)  # independent per rank
 
     start = 0
@@ -217,7 +226,8 @@ def train(cfg: Config) -> dict:
         start = load_checkpoint(ckpt, model, optimizer, scheduler, noise_gen, rank)
         print(f"[neftune] resumed from {ckpt} at step {start}")
     logger = MetricsLogger(out, cfg.report_to, resume_step=start, enabled=acc.is_main_process)
-    noise = activate(model, cfg.neftune_noise_alpha, distribution=cfg.neftune_distribution, generator=noise_gen)
+    noise = activate(model, cfg.neftune_noise_alpha, distribution=cfg.neftune_distribution, generator=noise_gen,
+                     placement=cfg.neftune_placement)
     if acc.is_main_process:
         print(f"[neftune] {cfg.model}: {sum(p.numel() for p in params):,} trainable params, {len(data.train_examples)} train / "
               f"{len(data.heldout_examples)} held-out examples, {total_steps} steps x {bs * ga * world} examples, "

@@ -73,3 +73,20 @@ def test_callback_refuses_double_noise(tmp_path, tiny_llama_dir, tiny_tokenizer)
     args = trl.SFTConfig(output_dir=str(tmp_path), max_steps=1, neftune_noise_alpha=5.0, report_to=[], use_cpu=True)
     with pytest.raises(ValueError, match="neftune_noise_alpha"):
         NEFTuneCallback(5.0).on_train_begin(args, None, None, model=model)
+
+
+def test_callback_placement_uses_the_trainers_labels(tmp_path, tiny_llama_dir):
+    """A Trainer calls model(input_ids, attention_mask, labels): prompt-only noise reads those labels."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir).train()
+    args = trl.SFTConfig(output_dir=str(tmp_path), max_steps=1, report_to=[], use_cpu=True)
+    cb = NEFTuneCallback(5.0, placement="prompt", seed=0)
+    cb.on_train_begin(args, None, None, model=model)
+    ids = torch.randint(3, 100, (1, 9))
+    labels = torch.cat([torch.full((1, 4), -100), ids[:, 4:]], 1)
+    got = {}
+    h = model.get_input_embeddings().register_forward_hook(lambda m, i, o: got.setdefault("e", o.detach().clone()))
+    model(input_ids=ids, labels=labels, use_cache=False)
+    h.remove()
+    cb.handle.remove()
+    diff = got["e"] - model.get_input_embeddings()(ids)
+    assert torch.all(diff[0, :4].abs().sum(-1) > 0) and torch.all(diff[0, 4:] == 0)
