@@ -1,0 +1,70 @@
+"""Multi-process training (2 CPU processes over gloo, `accelerate launch`) trains what the config
+says: the same learning rate at every step and the same loss as one process with the same global
+batch, and a resume under a different world size is reported."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from neftune.config import load_config
+from neftune.train import train
+
+DATA = str(Path(__file__).parent / "assets" / "tiny_alpaca.jsonl")
+COMMON = [f"data.path={DATA}", "data.eval_size=4", "data.max_length=256", "max_steps=4", "per_device_train_batch_size=2",
+          "learning_rate=1e-3", "lr_scheduler_type=cosine", "warmup_ratio=0.25", "logging_steps=1", "clean_loss_steps=0",
+          "report_to=[jsonl]", "neftune_noise_alpha=0", "seed=1"]  # no noise: each rank draws its own stream
+
+
+def launch(nproc, *args, extra_launch=(), port="29531"):
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(nproc),
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", *extra_launch,
+           "-m", "neftune.cli", "train", *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_PORT": port}
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-4000:])
+    return r
+
+
+def metrics(run):
+    return [json.loads(line) for line in Path(run, "metrics.jsonl").read_text().splitlines()]
+
+
+def steps(run):
+    return [r for r in metrics(run) if "loss" in r]
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory, tiny_llama_dir):
+    out = tmp_path_factory.mktemp("ddp") / "run"
+    launch(2, f"model={tiny_llama_dir}", f"output_dir={out}", "save_steps=2", *COMMON)
+    return out
+
+
+def test_two_processes_equal_one_process_with_accumulation(tmp_path, ddp_run, tiny_llama_dir):
+    # rank r of step s takes global batch 2(s-1)+r; one process with 2 accumulation takes both
+    train(load_config(None, [f"model={tiny_llama_dir}", f"output_dir={tmp_path/'one'}", "gradient_accumulation_steps=2",
+                             "save_steps=0", *COMMON]))
+    one, two = steps(tmp_path / "one"), steps(ddp_run)
+    assert [r["step"] for r in one] == [r["step"] for r in two] == [1, 2, 3, 4]
+    assert [r["learning_rate"] for r in one] == pytest.approx([r["learning_rate"] for r in two], rel=1e-9, abs=0)
+    assert one[1]["learning_rate"] == pytest.approx(1e-3)  # warmup 1 step, then cosine from the peak
+    assert [r["loss"] for r in one] == pytest.approx([r["loss"] for r in two], rel=1e-5)
+    assert [r["grad_norm"] for r in one] == pytest.approx([r["grad_norm"] for r in two], rel=1e-4)
+    s1, s2 = (json.loads(Path(d, "summary.json").read_text()) for d in (tmp_path / "one", ddp_run))
+    assert s1["supervised_tokens"] == s2["supervised_tokens"] and s1["train_tokens"] == s2["train_tokens"]
+    assert s1["heldout_loss"] == pytest.approx(s2["heldout_loss"], rel=1e-5)
+
+
+def test_resume_with_another_world_size_is_reported(tmp_path, ddp_run, tiny_llama_dir, capsys):
+    ckpt = ddp_run / "checkpoint-2"
+    state = json.loads((ckpt / "trainer_state.json").read_text())
+    assert state["world_size"] == 2 and state["supervised_tokens"] > 0
+    summary = train(load_config(None, [f"model={tiny_llama_dir}", f"output_dir={tmp_path/'r'}", "gradient_accumulation_steps=2",
+                                       f"resume_from_checkpoint={ckpt}", "save_steps=0", *COMMON]))
+    assert "world size changed on resume" in capsys.readouterr().out
+    assert summary["resumed_world_size"] == 2 and summary["world_size"] == 1
+    done = json.loads((ddp_run / "summary.json").read_text())
+    assert summary["supervised_tokens"] == done["supervised_tokens"]  # counts continue from the checkpoint
