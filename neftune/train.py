@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from .config import Config, save_config
 from .errors import NeftuneError, TrainingDiverged
-from .modeling import load_model, load_tokenizer, supervised_loss, unwrap
+from .modeling import check_loss_transform, load_model, load_tokenizer, supervised_loss, unwrap
 from .noise import activate
 from .tracking import MetricsLogger
 
@@ -268,6 +268,7 @@ def train(cfg: Config) -> dict:
         write_records(out / "data" / "train.jsonl", data.train_records)
         write_records(out / "data" / "heldout.jsonl", data.heldout_records)
     model = build_model(cfg, acc.device)
+    check_loss_transform(model)  # refuses a model family whose logit transform the loss does not know
     model.train()
 
     # Data order is a pure function of (seed, epoch): resume needs no sampler state.
