@@ -249,7 +249,12 @@ def train(cfg: Config) -> dict:
     from .data import build_datasets, make_batches
 
     t0 = time.time()
-    # cpu=True: gloo multi-process on CPU boxes; mixed_precision: autocast over float32 weights
+    from accelerate.state import AcceleratorState
+
+    # cpu=True: gloo multi-process on CPU boxes; mixed_precision: autocast over float32 weights.
+    # AcceleratorState is a process singleton: forget a previous run's precision (`neftune compare`
+    # trains several runs in one process); the process group (PartialState) is kept.
+    AcceleratorState._reset_state()
     acc = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=compute_dtype(cfg))
     out = Path(cfg.output_dir)
     if acc.is_main_process:

@@ -120,3 +120,36 @@ def test_two_process_ddp_run(tmp_path, tiny_llama_dir):
     s0, s1 = (torch.load(ckpt / f"rng_state_{r}.pth", weights_only=False)["noise"] for r in (0, 1))
     assert not torch.equal(s0, s1)  # each rank draws its own noise
     assert (tmp_path / "ddp" / "model.safetensors").exists()
+
+
+def _delta(model_dir, run):
+    before, after = load_file(Path(model_dir) / "model.safetensors"), load_file(Path(run) / "model.safetensors")
+    return torch.cat([(after[k].float() - before[k].float()).flatten() for k in sorted(before)])
+
+
+def test_bf16_mixed_precision_moves_params_like_fp32(tmp_path, tiny_llama_dir):
+    """dtype=bfloat16 is autocast over float32 master weights: at lr 5e-5 the update is as in float32
+    (AdamW steps of ~5e-5 vanish in bf16 weights of |w| >= 0.016). Tolerance: relative L2 error of the
+    parameter change 10%, and its norm within 5%."""
+    from neftune.modeling import load_trained
+
+    args = ["learning_rate=5e-5", "max_steps=3", "save_steps=0", "clean_loss_steps=0", "neftune_noise_alpha=0",
+            "lr_scheduler_type=constant", "warmup_ratio=0"]
+    s32 = train(cfg_for(tiny_llama_dir, tmp_path / "fp32", *args))
+    s16 = train(cfg_for(tiny_llama_dir, tmp_path / "bf16", "dtype=bfloat16", *args))
+    assert s16["mixed_precision"] == "bf16" and s32["mixed_precision"] == "no"
+    d32, d16 = _delta(tiny_llama_dir, tmp_path / "fp32"), _delta(tiny_llama_dir, tmp_path / "bf16")
+    assert float((d16 - d32).norm() / d32.norm()) < 0.10
+    assert float(d16.norm() / d32.norm()) == pytest.approx(1, abs=0.05)
+    model, tok, _ = load_trained(tmp_path / "bf16")  # evaluation loads the run in its compute dtype
+    assert next(model.parameters()).dtype == torch.bfloat16
+    assert model.generate(**tok("Hello", return_tensors="pt"), max_new_tokens=3, do_sample=False).shape[1] > 1
+
+
+def test_half_precision_trainable_weights_are_refused():
+    from neftune.errors import NeftuneError
+    from neftune.train import check_master_weights
+
+    with pytest.raises(NeftuneError, match="ulp"):
+        check_master_weights([torch.nn.Parameter(torch.zeros(3, dtype=torch.bfloat16))])
+    check_master_weights([torch.nn.Parameter(torch.zeros(3))])
