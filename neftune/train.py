@@ -399,7 +399,8 @@ def train(cfg: Config) -> dict:
     summary = {"steps": total_steps, "train_loss": last_loss, "heldout_loss": hl, "wall_time_s": round(wall, 1),
                "train_tokens": tok_total, "supervised_tokens": sup_tokens, "n_train": len(data.train_examples),
                "n_heldout": len(data.heldout_examples), "skipped": dict(data.skipped), "resumed_from": str(ckpt) if ckpt else None,
-               "world_size": world, "mixed_precision": acc.mixed_precision, "versions": versions()}
+               "world_size": world, "distributed_type": acc.distributed_type.name, "mixed_precision": acc.mixed_precision,
+               "versions": versions()}
     if ckpt is not None and done["world_size"] != world:
         summary["resumed_world_size"] = done["world_size"]
     if acc.is_main_process:

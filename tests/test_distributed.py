@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from neftune.config import load_config
 from neftune.train import train
@@ -18,8 +19,8 @@ COMMON = [f"data.path={DATA}", "data.eval_size=4", "data.max_length=256", "max_s
           "report_to=[jsonl]", "neftune_noise_alpha=0", "seed=1"]  # no noise: each rank draws its own stream
 
 
-def launch(nproc, *args, extra_launch=(), port="29531"):
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(nproc),
+def launch(nproc, *args, extra_launch=("--multi_gpu",), port="29531"):
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(nproc),
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", *extra_launch,
            "-m", "neftune.cli", "train", *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_PORT": port}
@@ -68,3 +69,26 @@ def test_resume_with_another_world_size_is_reported(tmp_path, ddp_run, tiny_llam
     assert summary["resumed_world_size"] == 2 and summary["world_size"] == 1
     done = json.loads((ddp_run / "summary.json").read_text())
     assert summary["supervised_tokens"] == done["supervised_tokens"]  # counts continue from the checkpoint
+
+
+FSDP2 = ["--use_fsdp", "--fsdp_version", "2", "--fsdp_auto_wrap_policy", "TRANSFORMER_BASED_WRAP",
+         "--fsdp_transformer_layer_cls_to_wrap", "LlamaDecoderLayer", "--fsdp_state_dict_type", "FULL_STATE_DICT",
+         "--fsdp_reshard_after_forward", "true"]
+
+
+def test_fsdp_two_processes_train_log_clean_loss_and_save_a_reloadable_model(tmp_path, tiny_llama_dir):
+    """FSDP2 (fully_shard) on 2 CPU processes: the embedding, final norm and head live in the root's
+    shard, so clean_loss, held-out loss and the saved state dict must go through the wrapped model."""
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "fsdp"
+    launch(2, f"model={tiny_llama_dir}", f"output_dir={out}", "save_steps=0", *COMMON[:-1], "neftune_noise_alpha=5",
+           "clean_loss_steps=1", "max_steps=2", extra_launch=FSDP2, port="29533")
+    recs = metrics(out)
+    assert all("clean_loss" in r for r in recs if "loss" in r) and len([r for r in recs if "loss" in r]) == 2
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["distributed_type"] == "FSDP" and summary["heldout_loss"] > 0
+    m = AutoModelForCausalLM.from_pretrained(out)
+    base = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+    moved = [k for k, v in m.state_dict().items() if not torch.equal(v, base.state_dict()[k])]
+    assert "model.embed_tokens.weight" in moved and "lm_head.weight" in moved
