@@ -76,6 +76,10 @@ FSDP2 = ["--use_fsdp", "--fsdp_version", "2", "--fsdp_auto_wrap_policy", "TRANSF
          "--fsdp_reshard_after_forward", "true"]
 
 
+# accelerate enables FSDP only for GPU-like device types: with Accelerator(cpu=True) under
+# `accelerate launch --use_fsdp` it silently runs MULTI_CPU (DDP) instead (accelerate 1.15,
+# AcceleratorState.__init__), although torch's fully_shard itself runs on CPU/gloo.
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="accelerate runs FSDP on GPUs only (on CPU it falls back to DDP)")
 def test_fsdp_two_processes_train_log_clean_loss_and_save_a_reloadable_model(tmp_path, tiny_llama_dir):
     """FSDP2 (fully_shard) on 2 CPU processes: the embedding, final norm and head live in the root's
     shard, so clean_loss, held-out loss and the saved state dict must go through the wrapped model."""

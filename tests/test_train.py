@@ -75,9 +75,14 @@ def test_sigkill_and_resume_is_bit_exact(tmp_path, tiny_llama_dir):
     k = _cli(["train", f"output_dir={tmp_path/'b'}", *base], {"NEFTUNE_FAILPOINT": "after_step:5"})
     assert k.returncode == -9
     assert [p.name for p in list_checkpoints(tmp_path / "b")] == ["checkpoint-2", "checkpoint-4"]
+    first_leg = json.loads((tmp_path / "b" / "checkpoint-4" / "trainer_state.json").read_text())
     r = _cli(["train", f"output_dir={tmp_path/'b'}", "resume_from_checkpoint=latest", *base])
     assert r.returncode == 0, r.stderr[-2000:]
     assert losses(tmp_path / "b") == losses(tmp_path / "ref")  # bit for bit, noise included
+    # token counts continue from the checkpoint; wall time is the sum of the segments
+    s_ref, s_b = (json.loads((tmp_path / d / "summary.json").read_text()) for d in ("ref", "b"))
+    assert (s_b["train_tokens"], s_b["supervised_tokens"]) == (s_ref["train_tokens"], s_ref["supervised_tokens"])
+    assert 0 < first_leg["wall_time_s"] < s_b["wall_time_s"] and "resumed_world_size" not in s_b
     # killed during the save of checkpoint-4: the half-written one is never loaded
     k = _cli(["train", f"output_dir={tmp_path/'c'}", *base], {"NEFTUNE_FAILPOINT": "during_save:4"})
     assert k.returncode == -9 and (tmp_path / "c" / ".tmp-checkpoint-4").exists()
