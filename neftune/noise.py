@@ -203,7 +203,6 @@ class NEFTune:
             labels = self._batch.get("labels")
         self._batch = {"attention_mask": kwargs.get("attention_mask"), "position_ids": kwargs.get("position_ids"),
                        "labels": labels, "seen": True}
-        return None
 
     def _forget(self, module, args, output):
         self._batch = {}

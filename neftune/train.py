@@ -61,7 +61,7 @@ def _state_dict(accelerator, wrapped) -> dict:
     """The full model's state dict, gathered through the prepared wrapper (FSDP shards), keyed as
     the inner model's own state dict (LossModule's `model.` prefix removed)."""
     state = accelerator.get_state_dict(wrapped)
-    return {k[len("model."):] if k.startswith("model.") else k: v for k, v in state.items()}
+    return {k.removeprefix("model."): v for k, v in state.items()}
 
 
 def check_master_weights(params):
@@ -400,6 +400,7 @@ def train(cfg: Config) -> dict:
                "train_tokens": tok_total, "supervised_tokens": sup_tokens, "n_train": len(data.train_examples),
                "n_heldout": len(data.heldout_examples), "skipped": dict(data.skipped), "resumed_from": str(ckpt) if ckpt else None,
                "world_size": world, "distributed_type": acc.distributed_type.name, "mixed_precision": acc.mixed_precision,
+               "peak_memory_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else None,
                "versions": versions()}
     if ckpt is not None and done["world_size"] != world:
         summary["resumed_world_size"] = done["world_size"]

@@ -24,7 +24,7 @@ def launch(nproc, *args, extra_launch=("--multi_gpu",), port="29531"):
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", *extra_launch,
            "-m", "neftune.cli", "train", *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_PORT": port}
-    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    r = subprocess.run(cmd, env=env, check=False, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-4000:])
     return r
 

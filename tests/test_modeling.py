@@ -7,8 +7,8 @@ import torch
 from neftune.errors import NeftuneError
 from neftune.modeling import check_loss_transform, supervised_loss
 
-TINY = dict(vocab_size=120, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2, max_position_embeddings=64)
+TINY = {"vocab_size": 120, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 64}
 
 
 def _granite():
@@ -65,7 +65,7 @@ def test_supervised_loss_equals_model_loss(tiny_gemma_dir):
 
 
 def test_unknown_logit_transform_is_refused(monkeypatch):
-    import neftune.modeling as modeling
+    from neftune import modeling
 
     torch.manual_seed(0)
     m = _granite()
