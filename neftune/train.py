@@ -310,6 +310,8 @@ def train(cfg: Config) -> dict:
     start = 0
     ckpt = resolve_resume(cfg)
     done = {"train_tokens": 0, "supervised_tokens": 0, "wall_time_s": 0.0, "world_size": world}
+    if ckpt is not None and acc.distributed_type.name.startswith("FSDP"):
+        raise NeftuneError(f"{ckpt}: resuming an FSDP run is not supported (checkpoints hold rank 0's optimizer shard)")
     if ckpt is not None:
         start = load_checkpoint(ckpt, model, optimizer, scheduler, noise_gen, rank)
         print(f"[neftune] resumed from {ckpt} at step {start}")
