@@ -201,7 +201,8 @@ class Config:
     seed: int = 0
     """Seed of initialisation, data order and NEFTune noise."""
     dtype: Dtype = "float32"
-    """Model dtype: float32 | bfloat16 | float16 | auto. Use float32 on CPU."""
+    """Compute dtype: float32 | bfloat16 | float16 | auto (the checkpoint's). Half precision is autocast
+    (accelerate mixed_precision) over float32 trainable weights; a LoRA run's frozen base is stored in it."""
     logging_steps: int = 1
     """Log metrics every N optimizer steps."""
     save_steps: int = 50

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from collections.abc import Callable
 from typing import Optional
 
 import torch
@@ -99,10 +100,7 @@ def supervised_loss(model, batch: dict, reduction: str = "mean"):
     labels = batch["labels"][:, 1:]
     keep = labels != -100
     h = hidden[:, :-1][keep]
-    logits = head(h)
-    cap = getattr(unwrap(model).config, "final_logit_softcapping", None)
-    if cap:
-        logits = torch.tanh(logits / cap) * cap
+    logits = logit_transform(model)(head(h))
     n = int(keep.sum())
     loss = F.cross_entropy(logits.float(), labels[keep], reduction="sum")
     if reduction == "mean":
@@ -110,9 +108,55 @@ def supervised_loss(model, batch: dict, reduction: str = "mean"):
     return loss, n
 
 
+def logit_transform(model) -> Callable[[torch.Tensor], torch.Tensor]:
+    """What the model's own forward does to the output head's result before the loss: Granite
+    divides by `logits_scaling`, Cohere multiplies by `logit_scale`, Gemma soft-caps with
+    `final_logit_softcapping`. One function, so a chunked loss can apply it per chunk.
+    `check_loss_transform` verifies it against the model's own loss (families not listed here)."""
+    cfg = unwrap(model).config
+    cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    div = getattr(cfg, "logits_scaling", None)
+    mul = getattr(cfg, "logit_scale", None)
+    cap = getattr(cfg, "final_logit_softcapping", None)
+
+    def transform(logits: torch.Tensor) -> torch.Tensor:
+        if div is not None and div != 1:
+            logits = logits / div
+        if mul is not None and mul != 1:
+            logits = logits * mul
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        return logits
+
+    return transform
+
+
 @torch.no_grad()
-def heldout_loss(model, examples, batch_size, pad_token_id, max_length) -> float:
-    """Mean supervised-token loss (no noise, no grad) over tokenized examples; nan when there are none."""
+def check_loss_transform(model, seq_len: int = 8, tol: float = 1e-2):
+    """Refuse a model whose own loss differs from `supervised_loss` (an unknown logit transform):
+    one tiny forward of both on the same random tokens, in eval mode (no dropout), at load time."""
+    base = unwrap(model)
+    was_training = model.training
+    model.eval()
+    try:
+        device = next(base.parameters()).device
+        vocab = base.get_output_embeddings().weight.shape[0]
+        gen = torch.Generator().manual_seed(0)
+        ids = torch.randint(0, vocab, (1, seq_len), generator=gen).to(device)
+        batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
+        ours = float(supervised_loss(model, batch)[0])
+        theirs = float(model(**batch, use_cache=False).loss)
+    finally:
+        model.train(was_training)
+    if not abs(ours - theirs) <= tol * max(1.0, abs(theirs)):
+        raise NeftuneError(f"{type(base).__name__}: the supervised-positions loss ({ours:.6f}) differs from the "
+                           f"model's own loss ({theirs:.6f}): unsupported logit transform in this model family")
+
+
+@torch.no_grad()
+def heldout_loss(model, examples, batch_size, pad_token_id, max_length, loss_fn=None) -> float:
+    """Mean supervised-token loss over `examples`. loss_fn(batch) -> (loss_sum, n): the forward to
+    use (training passes its prepared wrapper so FSDP/autocast apply); default: the bare model."""
     from .data import make_batches
 
     if not examples:
@@ -123,7 +167,8 @@ def heldout_loss(model, examples, batch_size, pad_token_id, max_length) -> float
     device = next(model.parameters()).device
     for batch in make_batches(examples, batch_size, packing=False, max_length=max_length,
                               pad_token_id=pad_token_id, seed=0, epoch=0):
-        loss, k = supervised_loss(model, {k: v.to(device) for k, v in batch.items()}, reduction="sum")
-        total, n = total + float(loss), n + k
+        b = {k: v.to(device) for k, v in batch.items()}
+        loss, k = loss_fn(b) if loss_fn is not None else supervised_loss(model, b, reduction="sum")
+        total, n = total + float(loss), n + int(k)
     model.train(was_training)
     return total / max(n, 1)

@@ -170,24 +170,29 @@ def _find_embedding(model) -> torch.nn.Module:
     return emb
 
 
-def _find_parent(model, child) -> Optional[torch.nn.Module]:
+def _ancestors(model, child) -> list:
+    """The modules from the outermost model down to `child`'s parent (all that may receive the
+    batch: a multimodal `...ForConditionalGeneration` embeds outside its decoder backbone)."""
     from ._wrappers import unwrap
 
-    for m in unwrap(model).modules():
-        if any(c is child for c in m.children()):
-            return m
-    return None
+    root = unwrap(model)
+    name = next((n for n, m in root.named_modules() if m is child), None)
+    if not name:
+        return [root]
+    parts = name.split(".")
+    return [root.get_submodule(".".join(parts[:i])) for i in range(len(parts))]
 
 
 class NEFTune:
     """Hooks that make a Hugging Face causal LM NEFTune-noisy in training mode.
 
     Use as a context manager (`with neftune.activate(model, 5): ...`) or call `remove()`.
-    - A forward pre-hook (with kwargs) on the module that owns the embedding (the decoder
-      backbone, reached through peft/DDP/FSDP/DeepSpeed wrappers) records the batch's
-      `attention_mask` / `position_ids`; the embedding's forward hook scales per sequence.
+    - Forward pre-hooks (with kwargs) on every module from the outermost model down to the one
+      that owns the embedding (through peft/DDP/FSDP/DeepSpeed wrappers) record the batch's
+      `attention_mask` / `position_ids` (and `labels`, when given); the embedding's forward hook
+      scales per sequence.
     - Noise is added to the embedding module's output only while that module is in training mode,
-      and never inside `generate()` or a forward that carries a KV cache.
+      and never inside `generate()`. A training forward with a cache (prefix-tuning) is noised.
     - Which tensor receives the noise: the embedding module's output, as `out + noise * s` where s
       is the module's own output scale (`embed_scale`, Gemma's sqrt(d); 1 otherwise), i.e. noise
       in embedding-table space. With gradient checkpointing the embedding is not recomputed, so the
@@ -218,16 +223,17 @@ class NEFTune:
         self.enabled = True
         self._batch: dict = {}
         self._in_generate = 0
+        self._warned = False
         self._reset_stats()
         self._handles = []
-        owner = _find_parent(model, self.embedding) or self.embedding
-        self._handles.append(owner.register_forward_pre_hook(self._capture, with_kwargs=True))
+        # Every module on the path to the embedding records the batch it is called with: whichever
+        # ran last before the embedding is the embedding's own input. The outermost model forgets
+        # it when its forward ends, and the embedding after use, so no later forward sees it.
+        chain = _ancestors(model, self.embedding)
+        for owner in chain:
+            self._handles.append(owner.register_forward_pre_hook(self._capture, with_kwargs=True))
+        self._handles.append(chain[0].register_forward_hook(self._forget, always_call=True))
         self._handles.append(self.embedding.register_forward_hook(self._add_noise))
-        from .modeling import unwrap
-
-        top = unwrap(model)  # the causal LM: `labels` reach its forward, not the backbone's
-        if top is not owner:
-            self._handles.append(top.register_forward_pre_hook(self._capture_labels, with_kwargs=True))
         self.embedding._neftune_handle = self
         self._patched_generate = False
         if hasattr(model, "generate") and callable(model.generate):
@@ -244,21 +250,43 @@ class NEFTune:
             self._patched_generate = True
 
     # ---------------------------------------------------------------- hooks
-    def _capture_labels(self, module, args, kwargs):
-        self._next_labels = kwargs.get("labels")
-        return None
-
     def set_labels(self, labels: Optional[torch.Tensor]) -> None:
         """Labels of the next forward, for callers that run the backbone directly (our training
         loss does): placement="prompt"/"response" derives its token mask from them. Used once."""
         self._next_labels = labels
 
     def _capture(self, module, args, kwargs):
-        cache = kwargs.get("cache", None) or kwargs.get("past_key_values", None)
-        labels, self._next_labels = kwargs.get("labels", self._next_labels), None
+        labels = kwargs.get("labels")
+        if labels is None:  # an inner module of the same forward: keep the outer call's labels
+            labels = self._batch.get("labels")
+        if labels is None:  # set_labels(): a caller that runs the backbone directly
+            labels, self._next_labels = self._next_labels, None
         self._batch = {"attention_mask": kwargs.get("attention_mask"), "position_ids": kwargs.get("position_ids"),
-                       "has_cache": cache is not None, "labels": labels}
-        return None
+                       "labels": labels, "seen": True}
+
+    def _forget(self, module, args, output):
+        self._batch = {}
+
+    def _lengths(self, batch, B, T):
+        """(attention_mask, position_ids) matching the embedding output's B×T, or None each.
+
+        A mask longer than T covers cached positions first (peft prefix-tuning prepends its virtual
+        tokens): its last T columns are this input's. Anything else that does not fit, or no batch
+        seen at all, falls back to L = the row length, with a warning (never a stale mask)."""
+        mask, pos = batch.get("attention_mask"), batch.get("position_ids")
+        if mask is not None and mask.dim() == 2 and mask.shape[0] == B and mask.shape[1] > T:
+            mask = mask[:, -T:]
+        if pos is not None and pos.dim() == 2 and pos.shape[-1] > T:
+            pos = pos[:, -T:]
+        unusable = [k for k, v, ok in (("attention_mask", mask, mask is None or tuple(mask.shape) == (B, T)),
+                                       ("position_ids", pos, pos is None or (pos.dim() == 2 and pos.shape[-1] == T)))
+                    if not ok]
+        if (unusable or not batch.get("seen")) and not self._warned:
+            self._warned = True
+            why = f"{', '.join(unusable)} of another shape than the embeddings {B}x{T}" if unusable else \
+                "no forward with the batch's attention_mask/position_ids ran before the embedding"
+            warnings.warn(f"NEFTune: {why}; using L = row length {T} (padding/packing not seen)", stacklevel=3)
+        return (None if "attention_mask" in unusable else mask), (None if "position_ids" in unusable else pos)
 
     def _token_mask(self, labels, B, T):
         if self.placement == "all":
@@ -271,14 +299,12 @@ class NEFTune:
 
     def _add_noise(self, module, inputs, output):
         batch, self._batch = self._batch, {}  # one batch's mask is never reused for the next forward
-        if not (module.training and self.enabled and self.alpha > 0) or self._in_generate or batch.get("has_cache"):
+        # A cache in training outside generate() is part of the input (peft prefix-tuning's virtual
+        # tokens), not decoding: noise the real tokens as usual.
+        if not (module.training and self.enabled and self.alpha > 0) or self._in_generate:
             return None
         B, T = output.shape[:2]
-        mask, pos = batch.get("attention_mask"), batch.get("position_ids")
-        if mask is not None and tuple(mask.shape) != (B, T):
-            mask = None
-        if pos is not None and (pos.dim() != 2 or pos.shape[-1] != T):
-            pos = None
+        mask, pos = self._lengths(batch, B, T)
         tmask = self._token_mask(batch.get("labels"), B, T)
         noise = neftune_noise(output, self.alpha, attention_mask=mask, position_ids=pos,
                               distribution=self.distribution, generator=self.generator, token_mask=tmask)

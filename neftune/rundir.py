@@ -187,7 +187,7 @@ def is_complete_checkpoint(path: PathLike) -> bool:
 
 def checkpoint_step(path: PathLike) -> int:
     """The optimizer step a complete checkpoint was saved at."""
-    return int(read_json(Path(path) / TRAINER_STATE)["global_step"])
+    return int(read_trainer_state(path)["global_step"])
 
 
 def list_checkpoints(run: PathLike) -> list[Path]:
@@ -212,11 +212,17 @@ def remove_incomplete_checkpoints(run: PathLike) -> list[str]:
     return [p.name for p in stale]
 
 
-def commit_checkpoint(tmp: PathLike, run: PathLike, step: int, keep: int | None = None) -> Path:
-    """Make the fully written `tmp` dir checkpoint-`step`: trainer_state.json last, every file fsync'ed,
-    one rename; then keep only the newest `keep` checkpoints. Main process only."""
+def read_trainer_state(path: PathLike) -> dict:
+    """A complete checkpoint's trainer_state.json: global_step plus the run's counters at that step."""
+    return read_json(Path(path) / TRAINER_STATE)
+
+
+def commit_checkpoint(tmp: PathLike, run: PathLike, step: int, keep: int | None = None,
+                      counters: dict | None = None) -> Path:
+    """Make the fully written `tmp` dir checkpoint-`step`: trainer_state.json (global_step + `counters`)
+    last, every file fsync'ed, one rename; then keep only the newest `keep` checkpoints. Main process only."""
     tmp, final = Path(tmp), checkpoint_path(run, step)
-    (tmp / TRAINER_STATE).write_text(json.dumps({"global_step": step}))
+    (tmp / TRAINER_STATE).write_text(json.dumps({"global_step": step, **(counters or {})}))
     for f in tmp.iterdir():  # durable before the rename makes it visible
         with open(f, "rb") as fh:
             os.fsync(fh.fileno())

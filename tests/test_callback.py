@@ -8,7 +8,7 @@ from datasets import Dataset  # noqa: E402
 from transformers import AutoModelForCausalLM  # noqa: E402
 
 from neftune import NEFTuneCallback  # noqa: E402
-from neftune.noise import document_ids  # noqa: E402
+from neftune.noise import NEFTune, document_ids  # noqa: E402
 
 ALPHA = 5.0
 
@@ -90,3 +90,49 @@ def test_callback_placement_uses_the_trainers_labels(tmp_path, tiny_llama_dir):
     cb.handle.remove()
     diff = got["e"] - model.get_input_embeddings()(ids)
     assert torch.all(diff[0, :4].abs().sum(-1) > 0) and torch.all(diff[0, 4:] == 0)
+
+
+def _sft(tmp_path, model, tok, cb, trainer_cls=None, **cfg):
+    texts = [" ".join(["hello world"] * (3 + i % 5)) for i in range(64)]
+    args = trl.SFTConfig(output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=1, packing=True, max_length=128,
+                         logging_steps=1, save_strategy="no", use_cpu=True, dataset_text_field="text", **cfg)
+    return (trainer_cls or trl.SFTTrainer)(model=model, args=args, train_dataset=Dataset.from_dict({"text": texts}),
+                                           processing_class=tok, callbacks=[cb])
+
+
+def test_stats_reach_tensorboard(tmp_path, tiny_llama_dir, tiny_tokenizer):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+    trainer = _sft(tmp_path, model, tiny_tokenizer, NEFTuneCallback(alpha=ALPHA, seed=0), report_to=["tensorboard"])
+    trainer.train()
+    events = list(tmp_path.rglob("events.out.tfevents.*"))
+    assert events
+    tags = set()
+    for e in events:
+        acc = EventAccumulator(str(e))
+        acc.Reload()
+        tags |= set(acc.Tags()["scalars"])
+        if "train/neftune/noise_energy_ratio_mean" in acc.Tags()["scalars"]:
+            values = [s.value for s in acc.Scalars("train/neftune/noise_energy_ratio_mean")]
+    assert "train/neftune/noise_energy_ratio_mean" in tags, sorted(tags)
+    assert len(values) == 2 and all(abs(v - 1) < 0.3 for v in values)
+
+
+def test_hooks_and_generate_removed_when_training_raises(tmp_path, tiny_llama_dir, tiny_tokenizer):
+    class Boom(trl.SFTTrainer):
+        def compute_loss(self, model, inputs, *args, **kwargs):
+            model(**{k: v for k, v in inputs.items() if k != "labels"})  # the noised forward ran
+            raise RuntimeError("boom")
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+    emb = model.get_input_embeddings()
+    cb = NEFTuneCallback(alpha=ALPHA)
+    trainer = _sft(tmp_path, model, tiny_tokenizer, cb, trainer_cls=Boom, report_to=[])
+    with pytest.raises(RuntimeError, match="boom"):
+        trainer.train()
+    assert cb.handle is None
+    hooks = [h for m in model.modules() for d in (m._forward_hooks, m._forward_pre_hooks) for h in d.values()]
+    assert not [h for h in hooks if isinstance(getattr(h, "__self__", None), NEFTune)]
+    assert getattr(emb, "_neftune_handle", None) is None
+    assert "generate" not in vars(model) and model.generate.__func__ is type(model).generate

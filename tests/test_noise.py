@@ -283,3 +283,72 @@ def test_placement_without_labels_raises_and_set_labels_feeds_the_backbone(tiny_
         assert h.pop_stats()["noise_sequences"] == 1
         with pytest.raises(ValueError, match="needs the batch's labels"):
             supervised_loss(model, {"input_ids": ids, "labels": labels})
+
+
+def _noise_of(model, ids, mask):
+    """The noise the hook added to the embedding output of one training forward."""
+    emb = model.get_input_embeddings()
+    got = {}
+    h = emb.register_forward_hook(lambda m, i, o: got.setdefault("n", (o - torch.nn.functional.embedding(i[0], m.weight))
+                                                                  .detach()))
+    try:
+        model(input_ids=ids, attention_mask=mask, use_cache=False)
+    finally:
+        h.remove()
+    return got["n"]
+
+
+def test_prefix_tuning_cache_in_training_is_noised_per_sequence(tiny_llama_dir):
+    """peft prefix-tuning passes past_key_values (its virtual tokens) in training: noise the real
+    tokens with their own lengths (the mask peft extends by the prefix), never skip silently."""
+    from peft import PrefixTuningConfig, get_peft_model
+
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_llama_dir),
+                           PrefixTuningConfig(num_virtual_tokens=4, task_type="CAUSAL_LM")).train()
+    ids = torch.randint(3, 100, (2, 10))
+    mask = torch.ones_like(ids)
+    mask[1, 6:] = 0
+    with neftune.activate(model, 5.0, generator=torch.Generator().manual_seed(0)) as h:
+        noise = _noise_of(model, ids, mask)
+        stats = h.pop_stats()
+    assert stats["noise_sequences"] == 2
+    assert torch.all(noise[1, 6:] == 0) and torch.all(noise[1, :6] != 0) and torch.all(noise[0] != 0)
+    # per-sequence scale: |noise| <= alpha/sqrt(L d), L = 10 and 6 real tokens
+    d = noise.shape[-1]
+    assert float(noise[0].abs().max()) <= 5 / math.sqrt(10 * d) + 1e-6
+    assert 5 / math.sqrt(10 * d) < float(noise[1].abs().max()) <= 5 / math.sqrt(6 * d) + 1e-6
+
+
+def _tiny_llava(tiny_llama_dir):
+    from transformers import AutoConfig, CLIPVisionConfig, LlavaConfig, LlavaForConditionalGeneration
+
+    text = AutoConfig.from_pretrained(tiny_llama_dir)
+    vision = CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                              image_size=16, patch_size=8, projection_dim=16)
+    torch.manual_seed(0)
+    return LlavaForConditionalGeneration(LlavaConfig(text_config=text, vision_config=vision, image_token_index=3))
+
+
+def test_multimodal_embeds_outside_backbone_never_use_a_stale_mask(tiny_llama_dir):
+    model = _tiny_llava(tiny_llama_dir).train()
+    assert model.get_input_embeddings() is model.model.language_model.embed_tokens
+    ids = torch.randint(10, 100, (2, 10))
+    first, second = torch.ones_like(ids), torch.ones_like(ids)
+    second[0, 4:] = 0  # the previous batch (first) had no padding where this one has
+    with neftune.activate(model, 5.0):
+        _noise_of(model, ids, first)
+        noise = _noise_of(model, ids, second)
+    assert torch.all(noise[0, 4:] == 0) and torch.all(noise[0, :4] != 0) and torch.all(noise[1] != 0)
+
+
+def test_capture_records_labels_of_the_model_input(model):
+    model.train()
+    ids = torch.randint(3, 100, (2, 8))
+    seen = []
+    with neftune.activate(model, 5.0) as h:
+        emb = model.get_input_embeddings()
+        pre = emb.register_forward_pre_hook(lambda m, i: seen.append(h._batch.get("labels")))
+        model(input_ids=ids, labels=ids, use_cache=False)
+        pre.remove()
+        assert h._batch == {}  # forgotten when the forward ends
+    assert seen and torch.equal(seen[0], ids)
