@@ -76,7 +76,7 @@ def test_closed_choices_come_from_the_literal_types():
     from neftune.config import Config, choices
 
     assert choices(Config, "eval.parts") == ("generate", "metrics", "loss", "overfit", "judge", "capability")
-    assert choices(Config(), "neftune_distribution") == ("uniform", "gaussian")
+    assert choices(Config(), "neftune_distribution") == ("uniform", "gaussian", "symmetric")
     assert "none" in choices(Config, "report_to")
 
 
