@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 
 from .assets import resolve_model
 from .errors import NeftuneError
+from .loss import chunked_cross_entropy
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -115,12 +115,10 @@ def supervised_loss(model, batch: dict, reduction: str = "mean"):
     labels = batch["labels"][:, 1:]
     keep = labels != -100
     h = hidden[:, :-1][keep]
-    logits = head(h)
     cap = getattr(unwrap(model).config, "final_logit_softcapping", None)
-    if cap:
-        logits = torch.tanh(logits / cap) * cap
-    n = int(keep.sum())
-    loss = F.cross_entropy(logits.float(), labels[keep], reduction="sum")
+    transform = (lambda z: torch.tanh(z / cap) * cap) if cap else None
+    # chunked: the N x 262k logits never exist whole, forward or backward (neftune/loss.py)
+    loss, n = chunked_cross_entropy(h, head, labels[keep], transform)
     if reduction == "mean":
         loss = loss / max(n, 1)
     return loss, n
