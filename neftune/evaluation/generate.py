@@ -25,6 +25,7 @@ from typing import Optional, Sequence, Union
 import torch
 
 from ..errors import DataError, NeftuneError
+from .greedy import greedy_generate
 
 # The NEFTune repo's eval decodes greedily with repetition_penalty=1.2 (their "original" setting).
 PRESETS = {"greedy": {"repetition_penalty": None}, "original": {"repetition_penalty": 1.2}}
@@ -109,7 +110,7 @@ def generate_answers(model, tokenizer, prompts: list[str], *, max_new_tokens: in
                      repetition_penalty: Optional[float] = None, seed: int = 0,
                      cache_path: Optional[Union[str, Path]] = None, generator_name: str = "model",
                      dataset_name: str = "eval", instructions: Optional[Sequence[str]] = None,
-                     progress: bool = True, add_bos: bool = True) -> list[str]:
+                     progress: bool = True, add_bos: bool = True, fast_greedy: bool = True) -> list[str]:
     """Answer every prompt; returns the decoded new text (special tokens skipped, stripped) in input order.
 
     preset: greedy | original (greedy + repetition_penalty 1.2); an explicit repetition_penalty wins.
@@ -117,6 +118,9 @@ def generate_answers(model, tokenizer, prompts: list[str], *, max_new_tokens: in
     `instruction`/`generator`/`dataset` so the partial file is readable); reruns resume from it.
     Sampling (do_sample) is seeded per batch from `seed`, so it is reproducible for the same
     batching but a resumed run may sample its remaining items differently than an uninterrupted one.
+    fast_greedy: plain greedy (no sampling, no repetition penalty) runs `greedy.greedy_generate`, a
+    lean loop over the model's forward (same tokens as `generate`, several times faster on CPU);
+    False forces `model.generate`.
     """
     from transformers import GenerationConfig
     from tqdm.auto import tqdm
@@ -151,6 +155,7 @@ def generate_answers(model, tokenizer, prompts: list[str], *, max_new_tokens: in
     if rep is not None and rep != 1.0:
         gen_kwargs["repetition_penalty"] = rep
     gen_config = GenerationConfig(**gen_kwargs)
+    lean = fast_greedy and not do_sample and (rep is None or rep == 1.0)
 
     encoded = {i: encode_prompt(tokenizer, prompts[i], add_bos) for i in todo}
     order = sorted(todo, key=lambda i: -len(encoded[i]))  # stable: equal lengths keep input order
@@ -172,11 +177,15 @@ def generate_answers(model, tokenizer, prompts: list[str], *, max_new_tokens: in
                 ids = encoded[i]
                 input_ids[row, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
                 attention[row, width - len(ids):] = 1
-            with torch.random.fork_rng(devices=[]), torch.inference_mode():
-                torch.manual_seed(seed + start)
-                out = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device),
-                                     generation_config=gen_config)
-            new = out[:, width:].cpu()
+            if lean:
+                new = greedy_generate(model, [encoded[i] for i in idxs], max_new_tokens=max_new_tokens,
+                                      eos_ids=eos_ids, pad_id=pad_id, device=device)
+            else:
+                with torch.random.fork_rng(devices=[]), torch.inference_mode():
+                    torch.manual_seed(seed + start)
+                    out = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device),
+                                         generation_config=gen_config)
+                new = out[:, width:].cpu()
             for row, i in enumerate(idxs):
                 outputs[i] = tokenizer.decode(new[row], skip_special_tokens=True).strip()
             if fh is not None:
