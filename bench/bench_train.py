@@ -402,6 +402,40 @@ def noise_micro(B: int = 2, T: int = 192, d: int = 640, docs_per_row: int = 2, r
             "lookup_s": statistics.median(off), "pop_stats_s": max(t_pop, 0.0)}
 
 
+def ce_micro(n: int = 256, d: int = 640, vocab: int = 262144, chunks=(32, 64, 128, 256), reps: int = 2) -> dict:
+    """Supervised-token loss forward+backward at Gemma's head size (frozen tied head, soft-capping):
+    the unchunked F.cross_entropy over N x V logits vs neftune.loss.chunked_cross_entropy per chunk size.
+    Reports the best-of-reps seconds and the largest logits block alive at once (MB)."""
+    import torch.nn.functional as F
+
+    from neftune.loss import chunked_cross_entropy
+
+    torch.manual_seed(0)
+    head = torch.nn.Linear(d, vocab, bias=False).requires_grad_(False)
+    labels = torch.randint(0, vocab, (n,))
+
+    def cap(z):
+        return torch.tanh(z / 30.0) * 30.0
+
+    def unchunked(h):
+        return F.cross_entropy(cap(head(h)).float(), labels, reduction="sum")
+
+    def best(fn):
+        ts = []
+        for _ in range(reps + 1):  # first = warm-up
+            h = torch.randn(n, d, requires_grad=True)
+            t0 = time.perf_counter()
+            fn(h).backward()
+            ts.append(time.perf_counter() - t0)
+        return min(ts[1:])
+
+    out = {"n": n, "d": d, "vocab": vocab, "unchunked_s": best(unchunked), "unchunked_logits_mb": n * vocab * 4 / 1e6}
+    for c in chunks:
+        out[f"chunk{c}_s"] = best(lambda h, c=c: chunked_cross_entropy(h, head, labels, cap, c)[0])
+        out[f"chunk{c}_logits_mb"] = min(c, n) * vocab * 4 / 1e6
+    return out
+
+
 # ----------------------------------------------------------------------------- worker / parent
 def worker(args) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench_train_") as tmp:
@@ -416,6 +450,8 @@ def worker(args) -> dict:
             return run_trl(args, work)
         if args.only == "noise":
             return noise_micro()
+        if args.only == "ce":
+            return ce_micro()
         if args.only == "peak":
             return matmul_peak(args.matmul_n)
     raise SystemExit(f"unknown --only {args.only}")
