@@ -64,7 +64,7 @@ class _ChunkedCE(torch.autograd.Function):
 
 
 def chunked_cross_entropy(hidden: torch.Tensor, head: torch.nn.Module, labels: torch.Tensor,
-                          transform: Transform = None, chunk_size: int = 64) -> tuple[torch.Tensor, int]:
+                          transform: Transform = None, chunk_size: int = 128) -> tuple[torch.Tensor, int]:
     """Sum of the cross-entropy of `transform(head(hidden))` against `labels`, `chunk_size` rows at a time.
 
     hidden: (N, d) hidden states at supervised positions; labels: (N,) next-token ids (no -100 here:
