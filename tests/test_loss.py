@@ -76,3 +76,30 @@ def test_peak_logits_memory_is_one_chunk():
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         F.cross_entropy(head(hidden), labels, reduction="sum")
     assert max(saved) >= 256 * 20000
+
+
+def test_supervised_loss_keeps_no_full_width_logits_for_backward(tiny_gemma_dir):
+    """Through the real training loss (tiny Gemma 3, soft-capped): with more supervised tokens than one
+    chunk, no vocabulary-wide tensor larger than a chunk is saved for backward. Fails on the unchunked loss."""
+    from transformers import AutoModelForCausalLM
+
+    from neftune.modeling import supervised_loss
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_gemma_dir, dtype=torch.float32)
+    vocab = model.get_output_embeddings().weight.shape[0]
+    torch.manual_seed(0)
+    ids = torch.randint(3, vocab, (2, 150))
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
+    wide = []
+
+    def pack(t):
+        if t.dim() and t.shape[-1] == vocab:
+            wide.append(t.numel())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss, n = supervised_loss(model, batch)
+    assert n == 2 * 149 > 128
+    assert max(wide, default=0) <= 128 * vocab
+    loss.backward()
+    assert model.get_input_embeddings().weight.grad is not None
