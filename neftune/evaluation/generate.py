@@ -8,7 +8,9 @@ Batching: prompts are sorted longest first (similar lengths share a batch, so li
 out-of-memory shows up in the first batch rather than the last) and left-padded, so every row's last
 prompt token sits at the same position and new tokens are appended after it. transformers derives
 position ids from the attention mask, so a left-padded row decodes exactly like the same prompt
-alone (tests compare against a per-prompt loop).
+alone (tests compare against a per-prompt loop). Plain greedy decoding (the default preset) runs
+`greedy.greedy_generate`, a lean loop over the model's forward that drops finished rows from the batch;
+sampling and repetition-penalty presets use `model.generate`.
 
 Resume: with ``cache_path`` each finished answer is appended to a JSONL file and fsync'ed per batch;
 a rerun regenerates only what is missing. A line cut off by a kill mid-write is dropped.
