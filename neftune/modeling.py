@@ -14,11 +14,11 @@ from collections.abc import Callable
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 
 from ._wrappers import unwrap  # noqa: F401  (re-exported: modeling.unwrap is public)
 from .assets import resolve_model
 from .errors import NeftuneError
+from .loss import chunked_cross_entropy
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -100,9 +100,8 @@ def supervised_loss(model, batch: dict, reduction: str = "mean"):
     labels = batch["labels"][:, 1:]
     keep = labels != -100
     h = hidden[:, :-1][keep]
-    logits = logit_transform(model)(head(h))
-    n = int(keep.sum())
-    loss = F.cross_entropy(logits.float(), labels[keep], reduction="sum")
+    # chunked: the N x 262k logits never exist whole, forward or backward (neftune/loss.py)
+    loss, n = chunked_cross_entropy(h, head, labels[keep], logit_transform(model))
     if reduction == "mean":
         loss = loss / max(n, 1)
     return loss, n

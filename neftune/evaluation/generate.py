@@ -8,7 +8,9 @@ Batching: prompts are sorted longest first (similar lengths share a batch, so li
 out-of-memory shows up in the first batch rather than the last) and left-padded, so every row's last
 prompt token sits at the same position and new tokens are appended after it. transformers derives
 position ids from the attention mask, so a left-padded row decodes exactly like the same prompt
-alone (tests compare against a per-prompt loop).
+alone (tests compare against a per-prompt loop). Plain greedy decoding (the default preset) runs
+`greedy.greedy_generate`, a lean loop over the model's forward that drops finished rows from the batch;
+sampling and repetition-penalty presets use `model.generate`.
 
 Resume: with ``cache_path`` each finished answer is appended to a JSONL file and fsync'ed per batch;
 a rerun regenerates only what is missing. A line cut off by a kill mid-write is dropped.
@@ -25,6 +27,7 @@ import torch
 
 from ..errors import DataError, NeftuneError
 from ..rundir import atomic_write as _atomic_write
+from .greedy import greedy_generate
 
 # The NEFTune repo's eval decodes greedily with repetition_penalty=1.2 (their "original" setting).
 PRESETS = {"greedy": {"repetition_penalty": None}, "original": {"repetition_penalty": 1.2}}
@@ -94,7 +97,7 @@ def generate_answers(model, tokenizer, prompts: list[str], *, max_new_tokens: in
                      repetition_penalty: Optional[float] = None, seed: int = 0,
                      cache_path: Optional[Union[str, Path]] = None, generator_name: str = "model",
                      dataset_name: str = "eval", instructions: Optional[Sequence[str]] = None,
-                     progress: bool = True, add_bos: bool = True) -> list[str]:
+                     progress: bool = True, add_bos: bool = True, fast_greedy: bool = True) -> list[str]:
     """Answer every prompt; returns the decoded new text (special tokens skipped, stripped) in input order.
 
     preset: greedy | original (greedy + repetition_penalty 1.2); an explicit repetition_penalty wins.
@@ -102,6 +105,9 @@ def generate_answers(model, tokenizer, prompts: list[str], *, max_new_tokens: in
     `instruction`/`generator`/`dataset` so the partial file is readable); reruns resume from it.
     Sampling (do_sample) is seeded per batch from `seed`, so it is reproducible for the same
     batching but a resumed run may sample its remaining items differently than an uninterrupted one.
+    fast_greedy: plain greedy (no sampling, no repetition penalty) runs `greedy.greedy_generate`, a
+    lean loop over the model's forward (same tokens as `generate`, several times faster on CPU);
+    False forces `model.generate`.
     """
     from transformers import GenerationConfig
     from tqdm.auto import tqdm
@@ -136,6 +142,7 @@ def generate_answers(model, tokenizer, prompts: list[str], *, max_new_tokens: in
     if rep is not None and rep != 1.0:
         gen_kwargs["repetition_penalty"] = rep
     gen_config = GenerationConfig(**gen_kwargs)
+    lean = fast_greedy and not do_sample and (rep is None or rep == 1.0)
 
     encoded = {i: encode_prompt(tokenizer, prompts[i], add_bos) for i in todo}
     order = sorted(todo, key=lambda i: -len(encoded[i]))  # stable: equal lengths keep input order
@@ -157,11 +164,15 @@ def generate_answers(model, tokenizer, prompts: list[str], *, max_new_tokens: in
                 ids = encoded[i]
                 input_ids[row, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
                 attention[row, width - len(ids):] = 1
-            with torch.random.fork_rng(devices=[]), torch.inference_mode():
-                torch.manual_seed(seed + start)
-                out = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device),
-                                     generation_config=gen_config)
-            new = out[:, width:].cpu()
+            if lean:
+                new = greedy_generate(model, [encoded[i] for i in idxs], max_new_tokens=max_new_tokens,
+                                      eos_ids=eos_ids, pad_id=pad_id, device=device)
+            else:
+                with torch.random.fork_rng(devices=[]), torch.inference_mode():
+                    torch.manual_seed(seed + start)
+                    out = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device),
+                                         generation_config=gen_config)
+                new = out[:, width:].cpu()
             for row, i in enumerate(idxs):
                 outputs[i] = tokenizer.decode(new[row], skip_special_tokens=True).strip()
             if fh is not None:

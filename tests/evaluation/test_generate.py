@@ -9,6 +9,7 @@ import torch
 from neftune.errors import DataError, NeftuneError
 from neftune.evaluation.generate import (encode_prompt, generate_answers, prompt_sha, read_alpaca_eval,
                                          write_alpaca_eval)
+from neftune.evaluation.greedy import greedy_generate
 
 ALPACA = ("Below is an instruction that describes a task. Write a response that appropriately completes the "
           "request.\n\n### Instruction:\n{q}\n\n### Response:\n")
@@ -63,6 +64,51 @@ def test_batched_equals_unbatched_loop(model_tok, preset):
     assert len({len(encode_prompt(tok, p)) for p in PROMPTS}) > 4  # genuinely different lengths per batch
 
 
+@pytest.mark.parametrize("batch_size", [1, 3, 16])
+@pytest.mark.parametrize("fast", [True, False])
+def test_greedy_paths_equal_loop_at_any_batch_size(model_tok, batch_size, fast):
+    model, tok = model_tok
+    ref = _loop(model, tok, PROMPTS, 12)
+    got = generate_answers(model, tok, PROMPTS, max_new_tokens=12, batch_size=batch_size, progress=False,
+                           fast_greedy=fast)
+    assert got == ref
+
+
+def _ref_ids(model, prompt_ids, max_new_tokens, eos, pad):
+    """Per-prompt greedy `generate`: the new token ids (EOS included when one was emitted)."""
+    ids = torch.tensor([prompt_ids])
+    with torch.inference_mode():
+        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                             do_sample=False, pad_token_id=pad, eos_token_id=eos)
+    return out[0, ids.shape[1]:].tolist()
+
+
+@pytest.mark.parametrize("shrink", [True, False])
+def test_greedy_ids_with_eos_mid_batch_and_the_cap(model_tok, shrink):
+    """Rows stop at different steps (a frequently emitted token is declared an extra EOS), the rest run
+    to the cap; token ids equal per-prompt `generate`'s, EOS included, nothing after it."""
+    model, tok = model_tok
+    prompts = [encode_prompt(tok, p) for p in PROMPTS]
+    free = [_ref_ids(model, p, 10, tok.eos_token_id, tok.pad_token_id) for p in prompts]
+    # the token whose first appearance varies most across prompts, present in some answers but not all
+    firsts: dict[int, list[int]] = {}
+    for row in free:
+        for t in set(row):
+            firsts.setdefault(t, []).append(row.index(t))
+    stop = max((t for t, ks in firsts.items() if 1 < len(ks) < len(prompts)), key=lambda t: len(set(firsts[t])))
+    eos = [tok.eos_token_id, stop]
+    ref = [_ref_ids(model, p, 10, eos, tok.pad_token_id) for p in prompts]
+    lengths = {len(r) for r in ref}
+    assert 10 in lengths and len(lengths) > 2  # some rows hit the cap, others stop early at different steps
+    got = greedy_generate(model, prompts, max_new_tokens=10, eos_ids=eos, pad_id=tok.pad_token_id,
+                          device=torch.device("cpu"), shrink=shrink)
+    assert got == ref
+    assert greedy_generate(model, prompts[:3], max_new_tokens=1, eos_ids=eos, pad_id=tok.pad_token_id,
+                           device=torch.device("cpu")) == [r[:1] for r in ref[:3]]
+    assert greedy_generate(model, prompts[:3], max_new_tokens=0, eos_ids=eos, pad_id=tok.pad_token_id,
+                           device=torch.device("cpu")) == [[], [], []]
+
+
 def test_repetition_penalty_override_and_preset_difference(model_tok):
     model, tok = model_tok
     a = generate_answers(model, tok, PROMPTS[:3], max_new_tokens=16, preset="original", repetition_penalty=1.0,
@@ -92,6 +138,11 @@ class CountingModel:
     def generate(self, **kw):
         self.calls.append(kw["input_ids"].shape[0])
         return self.model.generate(**kw)
+
+    def __call__(self, **kw):  # the lean greedy loop: count its prefill calls (empty cache)
+        if kw["cache"].get_seq_length() == 0:
+            self.calls.append(kw["input_ids"].shape[0])
+        return self.model(**kw)
 
     def __getattr__(self, name):
         return getattr(self.model, name)
