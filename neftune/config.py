@@ -447,7 +447,7 @@ def validate(cfg: Config) -> None:
         variant_config(cfg, v, where=f"compare.variants[{i}] ({v['name']})")
 
 
-def _check_launcher(cc: "CompareConfig") -> None:
+def _check_launcher(cc: CompareConfig) -> None:
     import importlib.util
 
     if cc.workers < 1:

@@ -15,8 +15,8 @@ from __future__ import annotations
 import os
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from .config import CompareConfig, Config
 from .errors import NeftuneError
