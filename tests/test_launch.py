@@ -2,6 +2,7 @@
 sweep: the same compare.json numbers, the runs really ran at the same time, and a failing run surfaces as
 a NeftuneError naming it. Both sweeps run with 1 torch thread per run, so float summation order is the same."""
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -104,3 +105,22 @@ def test_data_error_survives_pickling():
 
     e = pickle.loads(pickle.dumps(DataError("a.jsonl", 3, "bad_json", "line 3")))
     assert isinstance(e, DataError) and str(e) == "a.jsonl:3: bad_json (line 3)" and e.line == 3
+
+
+def test_serial_failure_keeps_its_type_and_names_the_run(tmp_path, tiny_llama_dir):
+    from neftune.errors import DataError
+
+    broken = "compare.variants=[{name: broken, data: {path: " + str(tmp_path / "missing.jsonl") + "}}]"
+    with pytest.raises(DataError) as info:
+        compare(sweep_cfg(tiny_llama_dir, tmp_path / "sweep", broken))
+    assert any("broken-seed0" in note for note in info.value.__notes__)
+
+
+def test_ray_is_not_imported_unless_selected():
+    import subprocess
+    import sys
+
+    code = "import sys, neftune.compare, neftune.launch, neftune.cli; print('ray' in sys.modules)"
+    env = {**os.environ, "PYTHONPATH": str(Path(neftune.__file__).resolve().parents[1])}  # this checkout
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True, timeout=120)
+    assert out.stdout.strip() == "False"
