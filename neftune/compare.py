@@ -36,6 +36,7 @@ from .aggregate import (  # noqa: F401
 )
 from .config import Config, training_identity, validate, variant_config
 from .errors import ConfigError, NeftuneError
+from .launch import Job, run_jobs
 from .rundir import run_name  # noqa: F401  (kept importable from here)
 
 STAGES = ("conversion", "training", "generation", "judging", "report")
@@ -156,22 +157,23 @@ def judge_run(rc: Config, prog: _Progress, name: str, against: Path | None) -> d
 
 
 def run_grid(cfg: Config, variants: list[dict], seeds: list[int], prog: _Progress, clock: StageClock,
-             fraction: float | None = None, n_train: int | None = None) -> None:
-    """train all -> generate all -> judge all, for these variants x seeds (baseline first)."""
+             fraction: float | None = None, n_train: int | None = None) -> list[dict]:
+    """train all -> generate all -> judge all, for these variants x seeds (baseline first). Returns where and
+    when each train/generate job ran (neftune.launch.run_jobs)."""
     sweep = Path(cfg.output_dir)
     runs = [(v, s, rundir.run_name(v["name"], s, fraction)) for v in variants for s in seeds]
     cfgs = {name: run_config(cfg, v, s, rundir.sweep_run_dir(sweep, name), n_train=n_train, fraction=fraction)
             for v, s, name in runs}
-    with clock("training"):
-        for _, _, name in runs:
-            train_run(cfgs[name], prog, name)
+    jobs = [Job(name, cfgs[name]) for _, _, name in runs]
+    with clock("training"):  # independent runs: serially or concurrently (compare.launcher)
+        launched = run_jobs("train", train_run, jobs, cfg.compare, prog)
     with clock("generation"):
-        for _, _, name in runs:
-            generate_run(cfgs[name], prog, name)
+        launched += run_jobs("generate", generate_run, jobs, cfg.compare, prog)
     with clock("judging"):
         for v, s, name in runs:
             base = None if v["name"] == "baseline" else rundir.sweep_run_dir(sweep, rundir.run_name("baseline", s, fraction))
             judge_run(cfgs[name], prog, name, base)
+    return launched
 
 
 # ----------------------------------------------------------------------------- the sweep
@@ -207,7 +209,7 @@ def compare(cfg: Config) -> dict:
     with clock("conversion"):
         _convert_assets(cfg, variants)
 
-    run_grid(cfg, variants, seeds, prog, clock)
+    launched = run_grid(cfg, variants, seeds, prog, clock)
     with clock("report"):
         main = aggregate(sweep, cfg, with_fractions=False)
     selection = main["selection"]
@@ -216,7 +218,7 @@ def compare(cfg: Config) -> dict:
         chosen = next(v for v in variants if v["name"] == selection["chosen"])
         n_train = main["rows"][0]["n_train"]  # the split is seed-independent: every full run has the same n_train
         for f in fractions:
-            run_grid(cfg, [variants[0], chosen], seeds, prog, clock, fraction=f, n_train=n_train)
+            launched += run_grid(cfg, [variants[0], chosen], seeds, prog, clock, fraction=f, n_train=n_train)
 
     with clock("report"):
         table = aggregate(sweep, cfg)
@@ -224,6 +226,7 @@ def compare(cfg: Config) -> dict:
 
         index = write_report(sweep, table, cfg)
     table["wall_time"] = clock.split()
+    table["launch"] = {"launcher": cfg.compare.launcher, "workers": cfg.compare.workers, "jobs": launched}
     rundir.write_json(rundir.compare_path(sweep), table)
     print(f"[compare] table: {rundir.compare_path(sweep)}\n[compare] report: {index} (and {index.parent / 'report.md'})",
           flush=True)

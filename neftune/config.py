@@ -49,6 +49,7 @@ SelectMetric = Literal[
 ]
 Dtype = Literal["float32", "bfloat16", "float16", "auto"]
 ReportSink = Literal["jsonl", "tensorboard", "none"]
+Launcher = Literal["serial", "ray"]
 
 
 @dataclass
@@ -158,6 +159,12 @@ class CompareConfig:
     """Alpha selection rule: the variant with the best mean of this metric (lc_win_rate | win_rate | heldout_loss)..."""
     tie_break: SelectMetric = "heldout_loss"
     """...ties (within the seed-to-seed standard error) broken by the lower mean of this metric."""
+    launcher: Launcher = "serial"
+    """How the sweep's independent runs train and generate: serial (one after another, here) | ray (Ray tasks, `pip install 'neftune[ray]'`)."""
+    workers: int = 1
+    """ray: runs at once. With GPUs each run takes one GPU (8 GPUs: workers=8); on CPUs each gets cores/workers threads."""
+    ray_address: Optional[str] = None
+    """ray: an existing Ray cluster to join (`ray start --head` prints it; 'auto' = this node's); null = start Ray here."""
 
 
 @dataclass
@@ -434,9 +441,23 @@ def validate(cfg: Config) -> None:
     )
     need(cfg.lora.r >= 0, "lora.r must be >= 0")
     _check_scheduler(cfg.lr_scheduler_type)
+    _check_launcher(cfg.compare)
     for i, v in enumerate(cfg.compare.variants):
         need(isinstance(v, dict) and "name" in v, f"compare.variants: each variant needs a name, got {v!r}")
         variant_config(cfg, v, where=f"compare.variants[{i}] ({v['name']})")
+
+
+def _check_launcher(cc: CompareConfig) -> None:
+    import importlib.util
+
+    if cc.workers < 1:
+        raise ConfigError(f"compare.workers must be >= 1, got {cc.workers}")
+    # found, not imported: importing ray costs seconds and it is only needed once the sweep starts
+    if cc.launcher == "ray" and importlib.util.find_spec("ray") is None:
+        raise ConfigError("compare.launcher: ray is not installed; pip install 'neftune[ray]' (or use launcher=serial)")
+    if cc.ray_address is not None and cc.launcher != "ray":
+        raise ConfigError(f"compare.ray_address is set ({cc.ray_address!r}) but compare.launcher is {cc.launcher!r}; "
+                          "set compare.launcher=ray to use the cluster")
 
 
 def _check_scheduler(name: str) -> None:

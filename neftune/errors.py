@@ -20,6 +20,10 @@ class DataError(NeftuneError, ValueError):
         where = f"{self.path}:{line}" if line is not None else self.path
         super().__init__(f"{where}: {reason}" + (f" ({detail})" if detail else ""))
 
+    def __reduce__(self):
+        # rebuilt from its parts, not from the message, so it survives pickling (raised in a Ray worker)
+        return type(self), (self.path, self.line, self.reason, self.detail)
+
 
 class TrainingDiverged(NeftuneError, RuntimeError):
     """Loss or gradient went NaN/inf; training stopped, last good checkpoint kept."""
