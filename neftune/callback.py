@@ -24,7 +24,7 @@ import warnings
 from typing import Optional
 
 import torch
-from transformers import Trainer, TrainerCallback
+from transformers import TrainerCallback
 
 from .noise import NEFTune, activate
 
@@ -97,8 +97,11 @@ class NEFTuneCallback(TrainerCallback):
         return wrapper
 
 
-def _calling_trainer() -> Optional[Trainer]:
-    """The Trainer up the call stack (Trainer.__init__ or its training loop calls the callbacks)."""
+def _calling_trainer():
+    """The Trainer up the call stack (Trainer.__init__ or its training loop calls the callbacks).
+    Imported here: `transformers.Trainer` pulls datasets/accelerate, which the light core must not."""
+    from transformers import Trainer
+
     frame = inspect.currentframe()
     try:
         while frame is not None:
