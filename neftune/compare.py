@@ -222,8 +222,8 @@ def compare(cfg: Config) -> dict:
         table = aggregate(sweep, cfg)
         from .report import write_report
 
+        table["wall_time"] = clock.split()  # before the report, which shows it
         index = write_report(sweep, table, cfg)
-    table["wall_time"] = clock.split()
     rundir.write_json(rundir.compare_path(sweep), table)
     print(f"[compare] table: {rundir.compare_path(sweep)}\n[compare] report: {index} (and {index.parent / 'report.md'})",
           flush=True)
