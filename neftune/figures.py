@@ -60,8 +60,9 @@ def fig_winrate_vs_alpha(sweep: Path, table: dict, colors: dict):
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
     for ax, k, title in zip(axes, ("win_rate", "lc_win_rate"), ("win rate", "LC win rate")):
         for dist, marker, line in (("uniform", "o", "-"), ("gaussian", "D", "none")):
-            pts = sorted((r["alpha"], r["metrics"][f"{main}.{k}"], r["name"]) for r in var
-                         if r["distribution"] == dist and r["metrics"][f"{main}.{k}"]["mean"] is not None)
+            pts = sorted([(r["alpha"], r["metrics"][f"{main}.{k}"], r["name"]) for r in var
+                          if r["distribution"] == dist and r["metrics"][f"{main}.{k}"]["mean"] is not None],
+                         key=lambda p: (p[0], p[2]))  # two variants may share an alpha (e.g. noise placement)
             if pts:
                 ax.errorbar([p[0] for p in pts], [p[1]["mean"] for p in pts], yerr=[p[1]["half_width"] or 0 for p in pts],
                             marker=marker, ls=line, capsize=4, label=f"{dist} noise", mfc="white" if dist == "gaussian" else None)
@@ -119,9 +120,13 @@ def fig_forest(sweep: Path, table: dict, colors: dict):
     cols, rows = main_columns(table), table["rows"][1:]
     if not cols or not rows:
         return None
-    fig, axes = plt.subplots(1, len(cols), figsize=(2.3 * len(cols) + 1.5, 0.45 * len(rows) + 1.6), sharey=True,
-                             squeeze=False)
-    for ax, (key, label) in zip(axes[0], cols):
+    ncol = min(5, len(cols))
+    nrow = -(-len(cols) // ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(2.6 * ncol + 1.2, nrow * (0.4 * len(rows) + 1.4) + 0.4),
+                             sharey=True, squeeze=False)
+    for ax in axes.flat[len(cols):]:
+        ax.set_visible(False)
+    for ax, (key, label) in zip(axes.flat, cols):
         for i, r in enumerate(rows):
             d = r["paired"].get(key)
             if d and d["diff"] is not None:
@@ -132,7 +137,7 @@ def fig_forest(sweep: Path, table: dict, colors: dict):
         ax.set_title(label, fontsize=8)
         ax.tick_params(labelsize=7)
     axes[0][0].set_yticks(range(len(rows)), [r["name"] for r in rows])
-    axes[0][0].invert_yaxis()
+    axes[0][0].invert_yaxis()  # shared y: every panel lists the variants top-down
     fig.suptitle("variant − baseline (same seed, paired by item id), 95% intervals; filled = interval excludes 0",
                  fontsize=9)
     return fig
