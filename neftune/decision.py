@@ -15,6 +15,8 @@ from . import paired, stats
 SELECT_ITEMS = {"heldout_loss": "heldout_nll", "avg_chars": "{main}.chars", "diversity": "{main}.diversity",
                 "rouge_l": "overlap_rouge_l", "bleu": "overlap_bleu", "capability": "capability",
                 "train_loss": "clean_loss_last_epoch", "clean_loss": "clean_loss_last_epoch"}
+# a bootstrap over fewer seeds than this, one value each, spans only the observed values: no honest interval
+MIN_SEEDS_PER_RUN = 3
 UNITS = {"heldout_nll": "nats", "clean_loss_last_epoch": "nats", "overlap_bleu": "BLEU points"}
 
 
@@ -66,6 +68,9 @@ def decide_variant(runs: paired.Runs, rows: list[dict], cfg, sets: list[str], ma
     higher = (spec["better"] or "higher") == "higher"
     variants = {n: arr[n] for n in by if n != "baseline" and any(v is not None for vs in arr.get(n, {}).values()
                                                                    for v in vs)}
+    n_seeds = len(cfg.compare.seeds)
+    if spec["items"] == "runs" and n_seeds < MIN_SEEDS_PER_RUN:
+        return _too_few(variants, base, spec, key, n_seeds, higher, by)
     d = stats.decide(variants, base, metric=spec["label"], higher_is_better=higher, target=spec["target"],
                      unit=_unit(key), n_boot=n_boot, items=spec["items"])
     sign = 1.0 if higher else -1.0
@@ -82,6 +87,22 @@ def decide_variant(runs: paired.Runs, rows: list[dict], cfg, sets: list[str], ma
     if out.get("runner_up_sentence"):
         out["statement"] += " " + out["runner_up_sentence"]
     return out
+
+
+def _too_few(variants: dict, base, spec: dict, key: str, n_seeds: int, higher: bool, by: dict) -> dict:
+    """Per-run data only, and too few seeds for an interval: no claim, and the point ranking for the data study."""
+    diff = {n: stats.per_run_difference({s: v[0] for s, v in m.items()},
+                                        base if isinstance(base, float) else {s: v[0] for s, v in base.items()})["diff"]
+            for n, m in variants.items()}
+    ranked = sorted((n for n in diff if diff[n] is not None), key=lambda n: diff[n] * (1 if higher else -1), reverse=True)
+    stmt = (f"no variant is distinguishable from the baseline at this size: {spec['label']} has one value per run "
+            f"and {n_seeds} seed(s), too few for an interval (at least {MIN_SEEDS_PER_RUN} needed), so the smallest "
+            "difference this design can detect cannot be estimated.")
+    return {"chosen": None, "statement": stmt, "metric": spec["label"], "metric_key": key, "rule": "no interval",
+            "select_by": key, "better": "higher" if higher else "lower", "ranked": ranked, "worse": [], "mde": None,
+            "design": None, "results": {n: {"diff": d, "ci": None, "method": "no interval: too few seeds"}
+                                        for n, d in diff.items()},
+            "runner_up": None, "runner_up_margin": None, "runner_up_distinguishable": None}
 
 
 def _runner_up(variants: dict, ranked: list[str], n_boot: int, items: str) -> dict:

@@ -87,3 +87,20 @@ def test_verdict_word():
     assert verdict_word(1.0, [0.5, 1.5], "lower") == "resolved: higher, worse"
     assert verdict_word(-1.0, [-1.5, -0.5], None) == "resolved: lower"
     assert verdict_word(0.1, [-0.5, 0.6], "higher").startswith("not resolved")
+
+
+def test_per_run_fallback_with_one_seed_claims_nothing(tmp_path):
+    """Results written before the per-item contract: one value per run. With one seed no interval exists, so
+    the decision must not name a variant (a bootstrap over one value would give a zero-width interval)."""
+    cfg = make_sweep(tmp_path, {"alpha5": 1.0}, seeds=(0,))
+    for res_path in tmp_path.glob("runs/*/eval/results.json"):
+        res = json.loads(res_path.read_text())
+        for part in [res, *res["sets"].values(), *[v for v in res.values() if isinstance(v, dict)]]:
+            part.pop("items", None)
+        res["sets"]["heldout"].get("judge", {}).pop("items", None)
+        res_path.write_text(json.dumps(res))
+    for m in tmp_path.glob("runs/*/metrics.jsonl"):
+        m.write_text("")
+    sel = aggregate(tmp_path, cfg, n_boot=B)["selection"]
+    assert sel["chosen"] is None and "too few for an interval" in sel["statement"]
+    assert sel["ranked"] == ["alpha5"]
