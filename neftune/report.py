@@ -109,7 +109,7 @@ def section_training(sweep: Path, table: dict, cfg, figs: dict) -> list[tuple]:
     eps = sorted({e for r in rows for e in r["clean_loss_by_epoch"]}, key=int)
     b = [("h", 2, "Clean training loss per epoch")]
     if not rows:
-        return b + [("p", "No run logged clean_loss (metrics.jsonl).")]
+        return b + [("p", f"No run logged clean_loss ({rundir.metrics_path('').name}).")]
     b.append(("table", ["variant"] + [f"epoch {e}" for e in eps],
               [[r["name"]] + [f"{r['clean_loss_by_epoch'][e]:.4f}" if e in r["clean_loss_by_epoch"] else "—" for e in eps]
                for r in rows]))
@@ -268,7 +268,7 @@ def section_caveats(sweep: Path, table: dict, cfg, figs: dict) -> list[tuple]:
          "No run has per-example held-out NLL: the held-out loss is per run only (see the per-run table)."),
         "The LC win rate difference is a t interval over seeds of per-run LC fits: prompts are not resampled in it.",
         f"{sum(d.get('n_dropped') or 0 for d in ds)} item pair(s) had a missing side and were dropped (counted per "
-        "metric in compare.json, n_dropped).",
+        f"metric in {rundir.compare_path('').name}, n_dropped).",
         "The decision and the reported differences use the same eval set, so the chosen variant's difference is "
         "optimistically biased.",
         "Capability retention is a small multiple-choice proxy, not the full benchmark."]
