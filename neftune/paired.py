@@ -144,8 +144,8 @@ def item_specs(runs: Runs, sets: list[str]) -> dict:
 def arrays(runs: Runs, spec: dict, names: list[str]) -> dict | None:
     """{name: {seed: [v]}} for baseline + names, aligned by id; None when no variant has data."""
     loaded = {n: spec["load"](n) for n in ({"baseline", *names} if spec["const"] is None else set(names))}
-    if not any(m for n in names for m in loaded[n].values()):
-        return None
+    if not any(v is not None for n in names for m in loaded[n].values() for v in (m or {}).values()):
+        return None  # e.g. an LLM judge's margins: all null
     scale = spec.get("scale", 1.0)
     out = align(loaded)
     return {n: {s: [None if v is None else v * scale for v in vs] for s, vs in m.items()} for n, m in out.items()}

@@ -104,3 +104,15 @@ def test_per_run_fallback_with_one_seed_claims_nothing(tmp_path):
     sel = aggregate(tmp_path, cfg, n_boot=B)["selection"]
     assert sel["chosen"] is None and "too few for an interval" in sel["statement"]
     assert sel["ranked"] == ["alpha5"]
+
+
+def test_judge_without_margins_decides_on_verdicts(tmp_path):
+    """An LLM judge has no continuous margin (all null): the decision falls back to its verdicts."""
+    cfg = make_sweep(tmp_path, {"alpha5": 1.0})
+    for res_path in tmp_path.glob("runs/alpha5-*/eval/results.json"):
+        res = json.loads(res_path.read_text())
+        items = res["sets"]["heldout"]["judge"]["items"]
+        items["margin"] = [None] * len(items["margin"])
+        res_path.write_text(json.dumps(res))
+    sel = aggregate(tmp_path, cfg, n_boot=B)["selection"]
+    assert sel["metric_key"] == "heldout.win_rate.reference" and sel["chosen"] == "alpha5"
