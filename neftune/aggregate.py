@@ -11,8 +11,9 @@ import math
 import re
 from pathlib import Path
 
-from . import rundir
+from . import paired, rundir
 from .config import Config
+from .decision import decide_variant, study_names
 from .errors import ConfigError, NeftuneError
 
 # metric key -> (label, where it comes from, path inside that file, better direction).
@@ -99,64 +100,6 @@ def variants_of(cfg: Config) -> list[dict]:
     return out
 
 
-# ----------------------------------------------------------------------------- selection
-def select_variant(rows: list[dict], select_by: str, tie_break: str, main_set: str) -> dict:
-    """The stated rule: best mean of `select_by` over seeds; variants within the larger of the two
-    seed standard errors of the best count as tied and the lower/higher `tie_break` mean wins."""
-    def key(m):
-        return m if m in PER_RUN else f"{main_set}.{m}"
-
-    def direction(m):
-        return metric_spec(key(m))[3] or "higher"
-
-    cands = [r for r in rows if r["name"] != "baseline" and r["metrics"][key(select_by)]["mean"] is not None]
-    rule = select_by
-    if not cands:  # e.g. eval.judge=none: no win rates, select on what was measured
-        rule = "heldout_loss"
-        cands = [r for r in rows if r["name"] != "baseline" and r["metrics"]["heldout_loss"]["mean"] is not None]
-    if not cands:
-        return {"chosen": None, "rule": rule, "statement": "no variant has a value to select on"}
-    sign = 1.0 if direction(rule) == "higher" else -1.0
-    m = lambda r, k=rule: r["metrics"][key(k)]
-    ranked = sorted(cands, key=lambda r: -sign * m(r)["mean"])
-    best = ranked[0]
-    tied = [r for r in ranked if abs(m(r)["mean"] - m(best)["mean"]) <= max(m(r)["se"] or 0.0, m(best)["se"] or 0.0)]
-    chosen, broke_tie = best, False
-    if len(tied) > 1 and all(m(r, tie_break)["mean"] is not None for r in tied):
-        tsign = 1.0 if direction(tie_break) == "higher" else -1.0
-        chosen = max(tied, key=lambda r: tsign * m(r, tie_break)["mean"])
-        broke_tie = True
-    others = [r for r in ranked if r is not chosen]
-    out = {"chosen": chosen["name"], "alpha": chosen["alpha"], "distribution": chosen["distribution"], "rule": rule,
-           "tie_break": tie_break, "tied": [r["name"] for r in tied] if len(tied) > 1 else [],
-           "broke_tie": broke_tie, "means": {r["name"]: m(r)["mean"] for r in ranked}}
-    unit = " points" if "win_rate" in rule else ""
-    text = (f"Chosen: {chosen['name']} (alpha={chosen['alpha']:g}, {chosen['distribution']}), mean {rule} over "
-            f"{m(chosen)['n']} seed(s) = {m(chosen)['mean']:.3f}")
-    if broke_tie:
-        how = "within the seed standard error" if m(chosen)["n"] > 1 else "equal; one seed, no standard error"
-        text += (f"; tied ({how}) with {', '.join(r['name'] for r in tied if r is not chosen)}, broken by the "
-                 f"{direction(tie_break)} mean {tie_break}")
-    text += "."
-    if others:
-        ru = others[0]
-        margin = sign * (m(chosen)["mean"] - m(ru)["mean"])
-        stds = [s for s in (m(chosen)["std"], m(ru)["std"]) if s is not None]
-        out.update(runner_up=ru["name"], margin=margin, spread=max(stds) if stds else None)
-        text += f" Margin to the runner-up {ru['name']}: {margin:+.3f}{unit}."
-        if stds:
-            out["margin_exceeds_spread"] = abs(margin) > max(stds)
-            text += (f" The seed-to-seed spread (std over seeds) is {max(stds):.3f}{unit}: the margin "
-                     + ("exceeds it." if out["margin_exceeds_spread"] else "does NOT exceed it, so the choice is not reliable."))
-        else:
-            out["margin_exceeds_spread"] = None
-            text += " With one seed the seed-to-seed spread is unknown, so the margin cannot be judged against it."
-    else:
-        text += " Only one variant was trained: there is no runner-up."
-    out["statement"] = text
-    return out
-
-
 def sweep_sets(cfg: Config) -> tuple[list[str], str]:
     """The eval set names of the table and the main one (selection, figures): heldout when evaluated."""
     from .evaluation.run import set_name
@@ -189,26 +132,39 @@ def variant_row(sweep: Path, variant: dict, seeds: list[int], sets: list[str], f
                         for k in keys}}
 
 
-def aggregate(sweep, cfg: Config, with_fractions: bool = True) -> dict:
+def aggregate(sweep, cfg: Config, with_fractions: bool = True, n_boot: int = 2000) -> dict:
     """The sweep table (compare.json's content) from the run dirs' files. `with_fractions=False` stops
-    after the selection (compare needs the chosen variant before it trains the data-size runs)."""
+    after the decision (compare needs the chosen variant before it trains the data-size runs)."""
     sweep = Path(sweep)
     variants, seeds, fractions = variants_of(cfg), [int(s) for s in cfg.compare.seeds], fractions_of(cfg)
     sets, main_set = sweep_sets(cfg)
     rows = [variant_row(sweep, v, seeds, sets) for v in variants]
-    selection = select_variant(rows, cfg.compare.select_by, cfg.compare.tie_break, main_set)
+    runs = paired.Runs(sweep, rows)
+    names = [r["name"] for r in rows[1:]]
+    diffs = paired.paired_rows(runs, sets, main_set, names, n_boot=n_boot)
+    for r in rows:
+        r["paired"] = diffs.get(r["name"], {})
+        r["clean_loss_by_epoch"] = paired.epoch_curve(runs, r["name"])
+        r["capped_fraction"] = paired.capped(runs, r["name"], sets)
+    selection = decide_variant(runs, rows, cfg, sets, main_set, n_boot=n_boot)
+    study = study_names(selection, rows)
     frac_rows, curve = [], []
-    if with_fractions and fractions and selection["chosen"]:
-        chosen = next(v for v in variants if v["name"] == selection["chosen"])
-        frac_rows = [variant_row(sweep, v, seeds, sets, f) for f in fractions for v in (variants[0], chosen)]
-        for r in frac_rows + [r for r in rows if r["name"] == selection["chosen"]]:
+    if with_fractions and fractions and study:
+        by_name = {v["name"]: v for v in variants}
+        for f in fractions:
+            fr = [variant_row(sweep, by_name[n], seeds, sets, f) for n in ["baseline", *study]]
+            fdiffs = paired.paired_rows(paired.Runs(sweep, fr), sets, main_set, study, n_boot=n_boot)
+            for r in fr:
+                r["paired"] = fdiffs.get(r["name"], {})
+            frac_rows += fr
+        for r in frac_rows + [r for r in rows if r["name"] in study]:
             if r["name"] != "baseline":
-                curve.append({"fraction": r["fraction"], "n_train": r["n_train"],
-                              **{k: r["metrics"][f"{main_set}.{k}"] for k in ("win_rate", "lc_win_rate")}})
-        curve.sort(key=lambda c: c["fraction"])
+                curve.append({"name": r["name"], "fraction": r["fraction"], "n_train": r["n_train"], "paired": r["paired"]})
+        curve.sort(key=lambda c: (c["name"], c["fraction"]))
     keys = metric_keys(sets)
     return {"sweep_dir": str(sweep), "sets": sets, "main_set": main_set, "seeds": seeds,
             "metrics": {k: {"label": metric_spec(k)[0], "source": metric_spec(k)[1], "better": metric_spec(k)[3]}
                         for k in keys},
-            "rows": rows, "fraction_rows": frac_rows, "data_curve": curve, "selection": selection,
-            "skipped_fractions": bool(fractions) and not selection["chosen"]}
+            "rows": rows, "fraction_rows": frac_rows, "data_study": study, "data_curve": curve,
+            "selection": selection, "judge_notes": paired.judge_notes(runs, sets),
+            "skipped_fractions": bool(fractions) and not study}

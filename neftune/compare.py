@@ -31,7 +31,6 @@ from .aggregate import (  # noqa: F401
     aggregate,
     fractions_of,
     seed_stats,
-    select_variant,
     variants_of,
 )
 from .config import Config, training_identity, validate, variant_config
@@ -205,7 +204,7 @@ def compare(cfg: Config) -> dict:
     _check_sweep(cfg, variants, seeds)
     rundir.write_config(sweep, cfg)
     n_var = len(variants) - 1
-    prog = _Progress(len(seeds) * ((2 * len(variants) + n_var) + len(fractions) * 5))
+    prog = _Progress(len(seeds) * ((2 * len(variants) + n_var) + len(fractions) * 8))
     with clock("conversion"):
         _convert_assets(cfg, variants)
 
@@ -214,18 +213,20 @@ def compare(cfg: Config) -> dict:
         main = aggregate(sweep, cfg, with_fractions=False)
     selection = main["selection"]
     print(f"[compare] {selection['statement']}", flush=True)
-    if fractions and selection["chosen"]:
-        chosen = next(v for v in variants if v["name"] == selection["chosen"])
+    if fractions and main["data_study"]:
+        # the chosen variant (or the best noise variant when none is distinguishable) and the best regularizer
+        study = [v for v in variants if v["name"] in main["data_study"]]
         n_train = main["rows"][0]["n_train"]  # the split is seed-independent: every full run has the same n_train
         for f in fractions:
-            launched += run_grid(cfg, [variants[0], chosen], seeds, prog, clock, fraction=f, n_train=n_train)
+            launched += run_grid(cfg, [variants[0], *study], seeds, prog, clock, fraction=f, n_train=n_train)
 
     with clock("report"):
         table = aggregate(sweep, cfg)
         from .report import write_report
 
+        table["wall_time"] = clock.split()  # before the report, which shows it
         index = write_report(sweep, table, cfg)
-    table["wall_time"] = clock.split()
+    table["wall_time"] = clock.split()  # compare.json: the whole report stage included
     table["launch"] = {"launcher": cfg.compare.launcher, "workers": cfg.compare.workers, "jobs": launched}
     rundir.write_json(rundir.compare_path(sweep), table)
     print(f"[compare] table: {rundir.compare_path(sweep)}\n[compare] report: {index} (and {index.parent / 'report.md'})",

@@ -154,11 +154,12 @@ class CompareConfig:
     seeds: list = field(default_factory=lambda: [0, 1])
     """Training seeds; every variant is judged against the baseline of the same seed."""
     data_fractions: list = field(default_factory=list)
-    """Extra data-size study: fractions of the training data (e.g. [0.25, 0.5]) for baseline and the chosen variant; [] = off."""
+    """Extra data-size study: fractions of the training data (e.g. [0.25, 0.5]) for the baseline, the chosen variant
+    and the best regularizer baseline (alpha-0 variant); [] = off."""
     select_by: SelectMetric = "lc_win_rate"
-    """Alpha selection rule: the variant with the best mean of this metric (lc_win_rate | win_rate | heldout_loss)..."""
+    """The decision's metric (paired per-item differences; win rates: the judge's margin where it has one)."""
     tie_break: SelectMetric = "heldout_loss"
-    """...ties (within the seed-to-seed standard error) broken by the lower mean of this metric."""
+    """Kept for old configs; unused: the decision reads ties from the paired intervals."""
     launcher: Launcher = "serial"
     """How the sweep's independent runs train and generate: serial (one after another, here) | ray (Ray tasks, `pip install 'neftune[ray]'`)."""
     workers: int = 1

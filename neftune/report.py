@@ -16,6 +16,7 @@ import re
 from pathlib import Path
 
 from . import rundir
+from .figures import FIGURES, draw_figures, main_columns  # noqa: F401  (importable from here)
 
 DIGITS = {"win_rate": 1, "lc_win_rate": 1, "avg_chars": 0, "diversity": 3, "rouge_l": 3, "bleu": 2,
           "heldout_loss": 4, "capability": 3, "train_loss": 4, "clean_loss": 4, "train_wall_time_s": 1}
@@ -36,160 +37,123 @@ def _truncate(text: str, n: int) -> str:
     return text if len(text) <= n else text[:n].rstrip() + f" … [truncated, {len(text)} chars in all]"
 
 
-# ----------------------------------------------------------------------------- figures
-# Each figure function takes (sweep, table, colors) and returns a matplotlib figure, or None when the
-# sweep has no data for it (that figure is then left out, and an old PNG of it removed).
-def fig_loss(sweep: Path, table: dict, colors: dict):
-    """Training loss (noisy) and clean loss, mean over seeds at the steps every seed logged."""
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 4))
-    for r in table["rows"]:
-        for key, style in (("loss", {"lw": 1.5}), ("clean_loss", {"ls": "none", "marker": "o", "ms": 5})):
-            per_seed = [{m["step"]: m[key] for m in rundir.read_metrics(sweep / d) if isinstance(m.get(key), (int, float))}
-                        for d in r["runs"]]
-            steps = sorted(set.intersection(*(set(p) for p in per_seed))) if per_seed else []
-            if steps:
-                ys = [sum(p[s] for p in per_seed) / len(per_seed) for s in steps]
-                label = f"{r['name']} {'train loss (noisy)' if key == 'loss' and r['alpha'] > 0 else key.replace('_', ' ')}"
-                ax.plot(steps, ys, color=colors[r["name"]], label=label, **style)
-    ax.set(xlabel="step", ylabel="loss", title=f"Training loss, mean over {len(table['seeds'])} seed(s)")
-    ax.legend(fontsize=8)
-    return fig
-
-
-def fig_heldout_loss(sweep: Path, table: dict, colors: dict):
-    """Held-out loss per variant with the t-interval over seeds."""
-    import matplotlib.pyplot as plt
-
-    rows = table["rows"]
-    hl = [r["metrics"]["heldout_loss"] for r in rows]
-    if not any(h["mean"] is not None for h in hl):
-        return None
-    fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(rows) + 2), 3.5))
-    ax.bar(range(len(rows)), [h["mean"] or 0 for h in hl], yerr=[h["half_width"] or 0 for h in hl], capsize=4,
-           color=[colors[r["name"]] for r in rows])
-    ax.set_xticks(range(len(rows)), [r["name"] for r in rows], rotation=20)
-    lo = min(h["mean"] - (h["half_width"] or 0) for h in hl if h["mean"] is not None)
-    hi = max(h["mean"] + (h["half_width"] or 0) for h in hl if h["mean"] is not None)
-    ax.set_ylim(max(0.0, lo - 0.1 * (hi - lo + 1e-3)), hi + 0.1 * (hi - lo + 1e-3))  # differences, not 0..max
-    ax.set(ylabel="held-out loss (no noise)", title="Held-out loss (mean ± 95% t-interval)")
-    return fig
-
-
-def fig_winrate_vs_alpha(sweep: Path, table: dict, colors: dict):
-    """Win rate and LC win rate vs alpha; uniform variants joined, gaussian marked differently."""
-    import matplotlib.pyplot as plt
-
-    main = table["main_set"]
-    var = [r for r in table["rows"] if r["name"] != "baseline"]
-    if not any(r["metrics"][f"{main}.win_rate"]["mean"] is not None for r in var):
-        return None
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
-    for ax, k, title in zip(axes, ("win_rate", "lc_win_rate"), ("win rate", "LC win rate")):
-        for dist, marker, line in (("uniform", "o", "-"), ("gaussian", "D", "none")):
-            pts = sorted((r["alpha"], r["metrics"][f"{main}.{k}"], r["name"]) for r in var
-                         if r["distribution"] == dist and r["metrics"][f"{main}.{k}"]["mean"] is not None)
-            if pts:
-                ax.errorbar([p[0] for p in pts], [p[1]["mean"] for p in pts], yerr=[p[1]["half_width"] or 0 for p in pts],
-                            marker=marker, ls=line, capsize=4, label=f"{dist} noise", mfc="white" if dist == "gaussian" else None)
-                for a, s, n in pts:
-                    ax.annotate(n, (a, s["mean"]), textcoords="offset points", fontsize=7,  # gaussian below: same alpha
-                                xytext=(5, -11) if dist == "gaussian" else (5, 5))
-        ax.axhline(50, color="gray", ls="--", label="baseline (alpha=0) = 50%")
-        ax.set(xlabel="NEFTune alpha", title=f"{title} vs baseline ({main})", ylim=(0, 100),  # intervals can pass 0/100
-               xlim=(-0.5, 1.1 * max(r["alpha"] for r in var) + 1))
-        ax.legend(fontsize=8)
-    axes[0].set_ylabel("% (mean ± 95% t-interval over seeds)")
-    return fig
-
-
-def fig_answer_lengths(sweep: Path, table: dict, colors: dict):
-    """Answer length histograms (chars), pooled over seeds."""
-    import matplotlib.pyplot as plt
-
-    main, lengths = table["main_set"], {}
-    for r in table["rows"]:
-        for d in r["runs"]:
-            lengths.setdefault(r["name"], []).extend(len(g.get("output", "")) for g in rundir.read_generations(sweep / d, main))
-    if not any(lengths.values()):
-        return None
-    fig, ax = plt.subplots(figsize=(8, 3.5))
-    top = max(max(v) for v in lengths.values() if v)
-    bins = [top * i / 20 for i in range(21)] if top > 0 else 20
-    for name, v in lengths.items():
-        if v:
-            ax.hist(v, bins=bins, histtype="step", lw=1.8, color=colors[name], label=f"{name} (mean {sum(v) / len(v):.0f})")
-    ax.set(xlabel="answer length (chars)", ylabel="answers", title=f"Answer lengths on {main}, pooled over seeds")
-    ax.legend(fontsize=8)
-    return fig
-
-
-def fig_data_size(sweep: Path, table: dict, colors: dict):
-    """The chosen variant's win rates against a same-size baseline, by training-set size."""
-    import matplotlib.pyplot as plt
-
-    curve = table.get("data_curve") or []
-    if not curve:
-        return None
-    fig, ax = plt.subplots(figsize=(6, 4))
-    xs = [c["n_train"] for c in curve]
-    for k, label in (("win_rate", "win rate"), ("lc_win_rate", "LC win rate")):
-        ax.errorbar(xs, [c[k]["mean"] for c in curve], yerr=[c[k]["half_width"] or 0 for c in curve],
-                    marker="o", capsize=4, label=label)
-    ax.axhline(50, color="gray", ls="--", label="same-size baseline = 50%")
-    ax.set(xlabel="training examples", ylabel="% (mean ± 95% t-interval over seeds)", ylim=(0, 100),
-           title=f"{table['selection']['chosen']} vs baseline by data size")
-    ax.legend(fontsize=8)
-    return fig
-
-
-# name -> (figure function, caption); the order is the report's.
-FIGURES = {
-    "loss": (fig_loss, "Training loss with noise (lines) and the same batches' loss without noise (clean_loss, points)."),
-    "heldout_loss": (fig_heldout_loss, "Held-out loss (no noise) per variant."),
-    "winrate_vs_alpha": (fig_winrate_vs_alpha,
-                         "Win rate and LC win rate against the baseline vs alpha (hollow diamonds: gaussian noise)."),
-    "answer_lengths": (fig_answer_lengths, "Answer length distribution per variant."),
-    "data_size": (fig_data_size, "Win rate of the chosen variant against a baseline trained on the same data size."),
-}
-
-
-def draw_figures(sweep: Path, table: dict, out: Path) -> dict:
-    """Draws every figure that has data into out/; returns {name: png filename}."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    colors = {r["name"]: plt.get_cmap("tab10")(i % 10) for i, r in enumerate(table["rows"])}
-    figs = {}
-    for name, (draw, _) in FIGURES.items():
-        fig = draw(sweep, table, colors)
-        if fig is None:
-            continue
-        fig.tight_layout()
-        fig.savefig(out / f"{name}.png", dpi=90)
-        plt.close(fig)
-        figs[name] = f"{name}.png"
-    return figs
-
-
 # ----------------------------------------------------------------------------- sections
 # Each section function takes (sweep, table, cfg, figs) and returns its blocks.
 def section_title(sweep: Path, table: dict, cfg, figs: dict) -> list[tuple]:
     rows, seeds = table["rows"], table["seeds"]
     return [("h", 1, f"NEFTune sweep: {sweep.name}"),
-            ("p", (f"Baseline (alpha=0) and {len(rows) - 1} NEFTune variant(s) x {len(seeds)} seed(s) {seeds}; every "
-                  f"variant is judged pairwise against the baseline of the same seed by the {cfg.eval.judge} judge. Cells "
-                  "are the mean over seeds ± the 95% t-interval half-width (just the value with one seed)."))]
+            ("p", (f"Baseline (alpha=0) and {len(rows) - 1} variant(s) x {len(seeds)} seed(s) {seeds}; every variant is "
+                  f"compared with the baseline of the same seed (same data order, same init): each number below is the "
+                  f"paired difference variant − baseline with a 95% interval, and each interval says what it resamples."))]
 
 
-def section_selection(sweep: Path, table: dict, cfg, figs: dict) -> list[tuple]:
-    return [("h", 2, "Chosen alpha"), ("p", table["selection"]["statement"]),
-            ("p", (f"Selection rule: the variant with the best mean {cfg.compare.select_by} over seeds on the "
-                  f"{table['main_set']} set; variants within the larger of the two seed standard errors count as tied, "
-                  f"and the tie is broken by the better mean {cfg.compare.tie_break}."))]
+def _di(d: dict | None, nd: int = 3) -> str:
+    """`+0.123 [+0.045, +0.201]`; just the difference when there is no interval."""
+    if not d or d.get("diff") is None:
+        return "—"
+    g = f"{{:+.{nd}g}}"
+    return g.format(d["diff"]) + (f" [{g.format(d['ci'][0])}, {g.format(d['ci'][1])}]" if d.get("ci") else " (no interval)")
+
+
+def section_decision(sweep: Path, table: dict, cfg, figs: dict) -> list[tuple]:
+    sel = table["selection"]
+    b = [("h", 2, "Decision"), ("p", sel["statement"])]
+    if sel.get("metric"):
+        b.append(("p", (f"Rule: {sel['rule']}. compare.select_by = {sel['select_by']} → {sel['metric']}"
+                        + (" (the judge's continuous margin: more power than win/lose)" if ".margin." in sel['metric_key']
+                           else "") + f". compare.tie_break ({cfg.compare.tie_break}) is not used: ties are read "
+                        "from the intervals.")))
+    return b
+
+
+def section_main(sweep: Path, table: dict, cfg, figs: dict) -> list[tuple]:
+    cols, rows = main_columns(table), table["rows"][1:]
+    if not cols:
+        return []
+    body = [[r["name"], f"{r['alpha']:g}"] + [_di(r["paired"].get(k)) for k, _ in cols] for r in rows]
+    how = [f"{label}: {next((r['paired'][k]['method'] for r in rows if k in r['paired']), '—')}" for k, label in cols]
+    return [("h", 2, "Paired differences to the baseline (variant − baseline, 95% interval)"),
+            ("table", ["variant", "alpha"] + [label for _, label in cols], body),
+            ("p", "What each interval resamples:"), ("ul", how),
+            ("p", ("Losses: lower is better. Win rates are points above 50 (the baseline), from verdicts with that basis "
+                   "only. Overlap with trained answers and answer length have no better direction: NEFTune's signature "
+                   "is lower overlap and longer answers."))]
+
+
+def section_alternatives(sweep: Path, table: dict, cfg, figs: dict) -> list[tuple]:
+    rows = table["rows"][1:]
+    body = [[r["name"], f"{r['alpha']:g}", d["label"], _di(d), d["resolved"],
+             "—" if d.get("se_prompts") is None else f"{d['se_prompts']:.3g}",
+             "—" if d.get("seed_spread") is None else f"{d['seed_spread']:.3g}", d["method"]]
+            for r in rows for d in r["paired"].values()]
+    if not body:
+        return []
+    words = []
+    for r in rows:
+        res = [d["label"] + " (" + d["resolved"].split(": ", 1)[1] + ")" for d in r["paired"].values()
+               if d["resolved"].startswith("resolved")]
+        words.append(f"{r['name']}: " + ("resolved on " + "; ".join(res) if res else
+                                         "no difference to the baseline is resolved by its interval"))
+    b = [("h", 2, "NEFTune vs the alternatives"),
+         ("p", ("Every variant (noise variants and regularizer baselines, alpha 0) against the same baseline, by the same "
+                "statistics. 'resolved' = the 95% interval excludes 0; 'not resolved' = this sweep cannot tell.")),
+         ("ul", words),
+         ("table", ["variant", "alpha", "metric", "difference [95% interval]", "interval says",
+                    "AlpacaEval-convention SE over items", "seed spread (std of per-seed differences)",
+                    "interval method (what it resamples)"], body)]
+    return b + ([("fig", figs["forest"], FIGURES["forest"][1])] if "forest" in figs else [])
+
+
+def section_training(sweep: Path, table: dict, cfg, figs: dict) -> list[tuple]:
+    rows = [r for r in table["rows"] if r.get("clean_loss_by_epoch")]
+    eps = sorted({e for r in rows for e in r["clean_loss_by_epoch"]}, key=int)
+    b = [("h", 2, "Clean training loss per epoch")]
+    if not rows:
+        return b + [("p", f"No run logged clean_loss ({rundir.metrics_path('').name}).")]
+    b.append(("table", ["variant"] + [f"epoch {e}" for e in eps],
+              [[r["name"]] + [f"{r['clean_loss_by_epoch'][e]:.4f}" if e in r["clean_loss_by_epoch"] else "—" for e in eps]
+               for r in rows]))
+    b.append(("p", ("Clean loss: no noise, eval mode (no dropout), same batches and weights as the step; mean over the "
+                    "epoch's logged steps, then over seeds. The paired last-epoch difference is in the main table.")))
+    return b + ([("fig", figs["clean_epochs"], FIGURES["clean_epochs"][1])] if "clean_epochs" in figs else [])
+
+
+def section_capped(sweep: Path, table: dict, cfg, figs: dict) -> list[tuple]:
+    body = [[d, str(s), k, f"{v:.1%}" if v is not None else "—"] for r in table["rows"]
+            for k, vals in (r.get("capped_fraction") or {}).items() for d, s, v in zip(r["runs"], r["seeds"], vals)]
+    return [("h", 2, "Answers that hit the token cap"),
+            ("table", ["run", "seed", "set", "capped fraction"], body) if body else
+            ("p", "No run reports capped_fraction."),
+            ("p", f"Capped = the answer reached eval.max_new_tokens ({cfg.eval.max_new_tokens}) without EOS: its length "
+                  "cannot grow further, so a high fraction hides length differences.")]
+
+
+def section_data_size(sweep: Path, table: dict, cfg, figs: dict) -> list[tuple]:
+    b: list[tuple] = [("h", 2, "Data-size study")]
+    curve = table.get("data_curve") or []
+    if not curve:
+        return b + [("p", "Not run (compare.data_fractions is empty)." if not table.get("skipped_fractions")
+                     else "Skipped (no variant had data to select on).")]
+    keys = [k for k in dict.fromkeys([table["selection"].get("metric_key"), "heldout_nll", "clean_loss_last_epoch"])
+            if k and any(k in c["paired"] for c in curve)]
+    labels = [next(c["paired"][k]["label"] for c in curve if k in c["paired"]) for k in keys]
+    b.append(("p", f"Rerun at each fraction: {', '.join(table['data_study'])} and the baseline; each difference is to "
+                   "the baseline trained on the same data size, same seed (intervals as in the main table)."))
+    b.append(("table", ["variant", "data fraction", "training examples"] + labels,
+              [[c["name"], f"{c['fraction']:g}", str(c["n_train"])] + [_di(c["paired"].get(k)) for k in keys]
+               for c in curve]))
+    return b + ([("fig", figs["data_size"], FIGURES["data_size"][1])] if "data_size" in figs else [])
+
+
+def section_wall_time(sweep: Path, table: dict, cfg, figs: dict) -> list[tuple]:
+    wt = table.get("wall_time")
+    if not wt:
+        return []
+    rows = [[k, f"{v:.1f}"] for k, v in wt["stages_s"].items()] + [["other", f"{wt['other_s']:.1f}"],
+                                                                   ["total", f"{wt['total_s']:.1f}"]]
+    if wt.get("install_s") is not None:
+        rows.append(["install (before the run)", f"{wt['install_s']:.1f}"])
+    return [("h", 2, "Wall time"), ("table", ["stage", "seconds"], rows), ("p", wt.get("note", "") + "; the report stage's time excludes drawing this report")]
 
 
 def section_results(sweep: Path, table: dict, cfg, figs: dict) -> list[tuple]:
@@ -211,47 +175,42 @@ def section_results(sweep: Path, table: dict, cfg, figs: dict) -> list[tuple]:
     body2 = []
     for r in rows:
         m = r["metrics"]
-        clean = fmt(m["clean_loss"], "clean_loss") if r["alpha"] > 0 else "= train loss (no noise)"
+        clean = fmt(m["clean_loss"], "clean_loss")  # logged for every run (dropout makes it differ at alpha 0 too)
         body2.append([r["name"], fmt(m["heldout_loss"], "heldout_loss"), fmt(m["capability"], "capability"),
                       fmt(m["rouge_l"], "rouge_l"), fmt(m["bleu"], "bleu"), fmt(m["train_loss"], "train_loss"), clean,
                       fmt(m["train_wall_time_s"], "train_wall_time_s")])
-    return [("h", 2, "Results"), ("table", head, body), ("table", head2, body2),
+    return [("h", 2, "Per-run values (mean over seeds ± 95% t half-width)"), ("table", head, body), ("table", head2, body2),
             ("p", ("Win rates are the variant's answers against the same-seed baseline's (draws count half); the LC "
                   "(length-controlled) win rate is the predicted win rate at equal answer length, so a variant that only "
                   "writes longer answers does not look better. ROUGE-L/BLEU to training answers is the paper's "
                   "overfitting check."))]
 
 
+PLACED = ("forest", "clean_epochs", "data_size")  # drawn inside their own sections
+
+
 def section_figures(sweep: Path, table: dict, cfg, figs: dict) -> list[tuple]:
-    b: list[tuple] = [("h", 2, "Figures")]
-    b += [("fig", figs[k], caption) for k, (_, caption) in FIGURES.items() if k in figs]
-    if "data_size" not in figs:
-        b.append(("p", "Data-size curve: not run (compare.data_fractions is empty)." if not table.get("skipped_fractions")
-                  else "Data-size curve: skipped (no variant could be chosen)."))
-    if table.get("data_curve"):
-        b.append(("table", ["data fraction", "training examples", "win rate %", "LC win rate %"],
-                  [[f"{c['fraction']:g}", str(c["n_train"]), fmt(c["win_rate"], "win_rate"), fmt(c["lc_win_rate"], "lc_win_rate")]
-                   for c in table["data_curve"]]))
-    return b
+    return [("h", 2, "Figures")] + [("fig", figs[k], caption) for k, (_, caption) in FIGURES.items()
+                                    if k in figs and k not in PLACED]
 
 
 def examples(sweep: Path, table: dict, k: int = 4) -> list[dict]:
     """The first k prompts answered by both the first seed's baseline and the chosen variant, with the verdict."""
-    sel, main = table["selection"], table["main_set"]
-    by = {r["name"]: r for r in table["rows"]}
-    if not sel.get("chosen") or "baseline" not in by:
+    main, by = table["main_set"], {r["name"]: r for r in table["rows"]}
+    name = table["selection"].get("chosen") or next(iter(table.get("data_study") or []), None)
+    if not name or "baseline" not in by:
         return []
-    base_dir, var_dir = sweep / by["baseline"]["runs"][0], sweep / by[sel["chosen"]]["runs"][0]
+    base_dir, var_dir = sweep / by["baseline"]["runs"][0], sweep / by[name]["runs"][0]
     base, var = rundir.read_generations(base_dir, main), rundir.read_generations(var_dir, main)
     res = rundir.read_results(var_dir)
     verdicts = ((res.get("sets", {}).get(main) or {}).get("judge") or {}).get("verdicts") or []
-    word = {1.0: f"{sel['chosen']} wins", 0.0: "baseline wins", 0.5: "draw", None: "no verdict"}
+    word = {1.0: f"{name} wins", 0.0: "baseline wins", 0.5: "draw", None: "no verdict"}
     out = []
     for i, (a, v) in enumerate(zip(base, var)):
         if a["instruction"] != v["instruction"]:
             continue
         out.append({"prompt": _truncate(a["instruction"], MAX_PROMPT), "baseline": _truncate(a["output"], MAX_ANSWER),
-                    "variant": _truncate(v["output"], MAX_ANSWER), "name": sel["chosen"],
+                    "variant": _truncate(v["output"], MAX_ANSWER), "name": name,
                     "verdict": word.get(verdicts[i] if i < len(verdicts) else None, "no verdict")})
         if len(out) == k:
             break
@@ -262,7 +221,7 @@ def section_examples(sweep: Path, table: dict, cfg, figs: dict) -> list[tuple]:
     ex = examples(sweep, table)
     if not ex:
         return []
-    return [("h", 2, (f"Example answers: baseline vs {table['selection']['chosen']} (seed {table['seeds'][0]}, "
+    return [("h", 2, (f"Example answers: baseline vs {ex[0]['name']} (seed {table['seeds'][0]}, "
                      f"{table['main_set']} set)")), ("examples", ex)]
 
 
@@ -278,23 +237,42 @@ def _first_summary(sweep: Path, table: dict) -> dict:
     return rundir.read_summary(sweep / rows[0]["runs"][0]) if rows and rows[0]["runs"] else {}
 
 
+def _judge_caveats(table: dict, cfg) -> list[str]:
+    out = []
+    for sname, n in (table.get("judge_notes") or {}).items():
+        counts = ", ".join(f"{v} {k}" for k, v in n["verdicts_by_basis"].items() if k != "none") or "none"
+        out.append(f"Judge on {sname}: {', '.join(n['judge'])}; verdicts by basis: {counts}. "
+                   + (f"{n['no_basis']} verdict(s) had no basis and are in no win rate. " if n["no_basis"] else "")
+                   + ("Prompt-proxy verdicts prefer the answer closer to the prompt (no reference answer exists): "
+                      "they measure topicality, not correctness. " if n["verdicts_by_basis"].get("prompt-proxy") else ""))
+        for u in n["lc_unstable"]:
+            out.append(f"LC win rate unstable in {u['run']} ({sname}): {u['warning']}")
+    if cfg.eval.judge == "offline":
+        out.append("The offline judge is a proxy, not GPT-4/AlpacaEval: MiniLM embedding similarity, not helpfulness.")
+    elif cfg.eval.judge == "llm":
+        out.append(f"Judge: llm ({cfg.eval.judge_model}); LLM judges favour longer answers (hence the LC win rate).")
+    return out
+
+
 def section_caveats(sweep: Path, table: dict, cfg, figs: dict) -> list[tuple]:
-    judge_note = ("The offline judge is a proxy, not GPT-4/AlpacaEval: it prefers the answer whose MiniLM sentence "
-                  "embedding is closer to the reference answer (a draw under eval.tie_margin). It measures closeness to "
-                  "the reference, not helpfulness, and says nothing on prompts without a reference."
-                  if cfg.eval.judge == "offline" else
-                  f"Judge: {cfg.eval.judge} ({cfg.eval.judge_model}); LLM judges favour longer answers (hence the LC win rate).")
-    n_eval = cfg.eval.num_samples or "all"
+    seeds, rows = table["seeds"], table["rows"][1:]
+    ds = [d for r in rows for d in r.get("paired", {}).values()]
+    held = next((r["paired"]["heldout_nll"]["method"] for r in rows if "heldout_nll" in r.get("paired", {})), None)
     summ = _first_summary(sweep, table)
-    scale = f"{summ['steps']} optimizer steps on {summ['n_train']} training examples" if summ else "a short run"
-    return [("h", 2, "Caveats"),
-            ("ul", [judge_note,
-                    (f"Scale: {len(table['seeds'])} seed(s), {n_eval} prompts per eval set, {scale} per run; intervals "
-                    "over so few seeds are wide (or absent with one seed) and the LC regression is unstable on few prompts."),
-                    ("The table's intervals are over seeds; each run's own bootstrap interval over prompts is in its "
-                    f"{rundir.results_path('')}."),
-                    "The chosen alpha is selected and reported on the same eval set, so its win rate is optimistically biased.",
-                    "Capability retention is a small multiple-choice proxy, not the full benchmark."])]
+    scale = f"{summ['steps']} optimizer steps on {summ['n_train']} training examples" if summ else "unknown steps"
+    notes = _judge_caveats(table, cfg) + [
+        (f"{len(seeds)} seed(s), {scale} per run. " + ("With one seed no interval resamples seeds: seed-to-seed "
+         "variation is not in any interval." if len(seeds) < 2 else
+         f"Per-item intervals resample the {len(seeds)} seeds, then items within each seed.")),
+        (f"The held-out loss interval resamples held-out examples (per-example NLL, paired by id): {held}." if held else
+         "No run has per-example held-out NLL: the held-out loss is per run only (see the per-run table)."),
+        "The LC win rate difference is a t interval over seeds of per-run LC fits: prompts are not resampled in it.",
+        f"{sum(d.get('n_dropped') or 0 for d in ds)} item pair(s) had a missing side and were dropped (counted per "
+        f"metric in {rundir.compare_path('').name}, n_dropped).",
+        "The decision and the reported differences use the same eval set, so the chosen variant's difference is "
+        "optimistically biased.",
+        "Capability retention is a small multiple-choice proxy, not the full benchmark."]
+    return [("h", 2, "Caveats"), ("ul", notes)]
 
 
 def section_config(sweep: Path, table: dict, cfg, figs: dict) -> list[tuple]:
@@ -308,7 +286,8 @@ def section_config(sweep: Path, table: dict, cfg, figs: dict) -> list[tuple]:
     return b
 
 
-SECTIONS = (section_title, section_selection, section_results, section_figures, section_examples, section_runs,
+SECTIONS = (section_title, section_decision, section_main, section_capped, section_alternatives, section_training,
+            section_data_size, section_results, section_figures, section_examples, section_wall_time, section_runs,
             section_caveats, section_config)
 
 

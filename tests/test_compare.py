@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from neftune.compare import compare, seed_stats, select_variant
+from neftune.compare import compare
 from neftune.config import load_config
 
 DATA = str(Path(__file__).parent / "assets" / "tiny_alpaca.jsonl")
@@ -69,7 +69,8 @@ def test_table_numbers_are_the_runs_numbers(sweep):
     for s in (0, 1):
         res = json.loads((out / "runs" / f"alpha5-seed{s}" / "eval" / "results.json").read_text())
         assert Path(res["against"]).name == f"baseline-seed{s}"
-    assert on_disk["selection"]["chosen"] == "alpha5"
+    sel = on_disk["selection"]  # one of the two sentences, from paired intervals (tests/test_aggregate.py)
+    assert sel["chosen"] in (None, "alpha5") and ("beats the baseline" in sel["statement"]) == (sel["chosen"] is not None)
     assert (out / "report" / "index.html").exists() and (out / "report" / "report.md").exists()
 
 
@@ -105,16 +106,3 @@ def test_rerun_reuses_every_run_and_eval(sweep, tiny_llama_dir, monkeypatch, cap
     assert "report:" in printed and "[compare] wall time" in printed
 
 
-def test_selection_rule_ties_and_one_seed():
-    def row(name, lc, loss, n=2):
-        lcs = [lc - 1, lc + 1][:n] if n == 2 else [lc]
-        return {"name": name, "alpha": 5.0, "distribution": "uniform",
-                "metrics": {"heldout.lc_win_rate": seed_stats(lcs), "heldout_loss": seed_stats([loss] * n)}}
-
-    rows = [row("baseline", 50, 2.0), row("a5", 60, 1.9), row("a10", 60.5, 2.1), row("a15", 40, 1.5)]
-    sel = select_variant(rows, "lc_win_rate", "heldout_loss", "heldout")
-    assert sel["chosen"] == "a5" and sel["broke_tie"] and sel["tied"] == ["a10", "a5"]  # tie -> lower held-out loss
-    assert sel["margin_exceeds_spread"] is False and "does NOT exceed" in sel["statement"]
-    one = [row("baseline", 50, 2.0, 1), row("a5", 60, 1.9, 1), row("a10", 55, 2.1, 1)]
-    sel = select_variant(one, "lc_win_rate", "heldout_loss", "heldout")
-    assert sel["chosen"] == "a5" and sel["margin"] == pytest.approx(5.0) and "spread is unknown" in sel["statement"]

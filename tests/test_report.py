@@ -1,68 +1,40 @@
 """The sweep report, built from a synthetic sweep directory (files only, no training): every figure
 and section is drawn from the files, HTML and Markdown carry the same content with data escaped,
 and the page renders in headless Chromium with every figure decoded."""
+import html
 import re
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+import synthetic_sweep
 
 from neftune import rundir
 from neftune.aggregate import aggregate
-from neftune.config import load_config
 from neftune.report import (
     FIGURES,
     SECTIONS,
+    _md,
     build_blocks,
     draw_figures,
     to_markdown,
     write_report,
 )
 
-NASTY = "Say <script>alert(1)</script> and ``` then | pipes # and *stars*"
+HEADINGS = ("Decision", "Paired differences to the baseline (variant − baseline, 95% interval)",
+            "Answers that hit the token cap", "NEFTune vs the alternatives", "Clean training loss per epoch",
+            "Data-size study", "Figures", "Wall time", "Runs", "Caveats", "Resolved sweep config")
 
 
-def make_sweep(root: Path, judge: str = "offline", fractions=()) -> tuple:
-    """A finished 2-variant x 2-seed sweep written straight into the rundir layout."""
-    cfg = load_config(None, [f"output_dir={root}", "eval.sets=[heldout]", f"eval.judge={judge}",
-                             "compare.variants=[{name: alpha5, neftune_noise_alpha: 5}]", "compare.seeds=[0, 1]",
-                             f"compare.data_fractions={list(fractions)}"])
-    rundir.write_config(root, cfg)
-    prompts = [NASTY, "What is the capital of France?", "Name a colour.", "Count to three."]
-    for frac in [None, *fractions]:
-        for name, alpha in (("baseline", 0.0), ("alpha5", 5.0)):
-            for seed in (0, 1):
-                run = rundir.sweep_run_dir(root, rundir.run_name(name, seed, frac))
-                rc = load_config(None, [f"output_dir={run}", f"neftune_noise_alpha={alpha}", f"seed={seed}"])
-                rundir.write_config(run, rc)
-                rundir.write_summary(run, {"steps": 4, "train_loss": 2.0 - alpha / 10 - seed / 100, "wall_time_s": 1.5,
-                                           "n_train": 16 if frac is None else 8, "versions": {"torch": "x"}})
-                rundir.write_jsonl(rundir.metrics_path(run), [{"step": s, "loss": 3.0 - s / 4, "clean_loss": 2.9 - s / 4}
-                                                              for s in range(1, 5)])
-                outs = [f"{name} answer {i} " * (3 + int(alpha)) for i in range(len(prompts))]
-                rundir.write_json(rundir.generations_path(run, "heldout"),
-                                  [{"instruction": p, "output": o, "generator": run.name, "dataset": "heldout"}
-                                   for p, o in zip(prompts, outs)])
-                judged = {"win_rate": 60.0 + seed, "lc_win_rate": 55.0 + seed, "verdicts": [1.0, 0.0, 0.5, 1.0]}
-                res = {"sets": {"heldout": {"n": 4, "length": {"chars_mean": 40.0 + alpha},
-                                            "diversity": {"diversity": 0.5},
-                                            **({"judge": judged} if alpha and judge != "none" else {})}},
-                       "heldout_loss": 1.8 - alpha / 100 + seed / 100, "overfit": {"rouge_l": 0.2, "bleu": 3.0},
-                       "capability": {"accuracy": 0.5}}
-                rundir.write_json(rundir.results_path(run), res)
-    return cfg, aggregate(root, cfg)
-
-
-def test_aggregate_reads_the_sweep_from_files(tmp_path):
-    _cfg, table = make_sweep(tmp_path, fractions=(0.5,))
-    base, var = table["rows"]
-    assert (base["name"], var["name"], var["alpha"]) == ("baseline", "alpha5", 5.0)
-    assert var["metrics"]["heldout.win_rate"]["values"] == [60.0, 61.0] and var["metrics"]["heldout.win_rate"]["mean"] == 60.5
-    assert base["metrics"]["heldout.win_rate"]["values"] == [None, None]
-    assert table["selection"]["chosen"] == "alpha5"
-    assert [c["n_train"] for c in table["data_curve"]] == [8, 16]
-    assert [r["runs"][0] for r in table["fraction_rows"]] == ["runs/baseline-frac0.5-seed0", "runs/alpha5-frac0.5-seed0"]
+def make_sweep(root: Path, judge: str = "offline", fractions=(), effects=None) -> tuple:
+    """A finished sweep (baseline, alpha5 with a planted effect, a weight-decay baseline) x 2 seeds."""
+    cfg = synthetic_sweep.make_sweep(root, {"alpha5": 1.0, "wd": 0.0} if effects is None else effects,
+                                     alphas={"wd": 0.0}, judge=judge, fractions=fractions, n=16)
+    table = aggregate(root, cfg, n_boot=200)
+    table["wall_time"] = {"stages_s": {"training": 10.0, "generation": 5.0}, "other_s": 1.0, "total_s": 16.0,
+                          "install_s": None, "note": "synthetic"}
+    return cfg, table
 
 
 def test_every_figure_and_section_from_files(tmp_path):
@@ -72,11 +44,23 @@ def test_every_figure_and_section_from_files(tmp_path):
     figs = draw_figures(tmp_path, table, out)
     assert set(figs) == set(FIGURES) and all((out / f).stat().st_size > 1000 for f in figs.values())
     blocks = build_blocks(tmp_path, table, cfg, figs)
-    assert [b[2] for b in blocks if b[0] == "h"][:4] == ["NEFTune sweep: " + tmp_path.name, "Chosen alpha", "Results",
-                                                         "Figures"]
+    heads = [b[2] for b in blocks if b[0] == "h"]
+    assert heads[0] == "NEFTune sweep: " + tmp_path.name and all(h in heads for h in HEADINGS)
     assert all(callable(s) for s in SECTIONS)
+    text = to_markdown(blocks)
+    assert "alpha5 beats the baseline on" in text and "Runner-up wd" in text
+    assert "resolved: lower, better" in text and "not resolved" in text  # worded from the intervals
+    assert "steps within seed" in text and "examples within seed" in text  # every interval says what it resamples
+    assert "LC win rate unstable in alpha5-seed1" in text and "had no basis" in text  # caveats from the data
     examples = next(b[1] for b in blocks if b[0] == "examples")
-    assert examples[0]["verdict"] == "alpha5 wins" and examples[1]["verdict"] == "baseline wins"
+    assert {e["verdict"] for e in examples} <= {"alpha5 wins", "baseline wins", "draw", "no verdict"}
+
+
+def test_equal_variants_report_says_not_distinguishable(tmp_path):
+    cfg, table = make_sweep(tmp_path, effects={"alpha5": 0.0})
+    md = (write_report(tmp_path, table, cfg).parent / "report.md").read_text()
+    assert "no variant is distinguishable from the baseline at this size" in md and "beats the baseline on" not in md
+    assert "## Data-size study" in md and "Not run" in md
 
 
 def test_html_and_markdown_escape_data_and_drop_figures_without_data(tmp_path):
@@ -86,8 +70,8 @@ def test_html_and_markdown_escape_data_and_drop_figures_without_data(tmp_path):
     page = index.read_text()
     assert "<script>alert(1)</script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert "````" in md  # a fence longer than the data's own ``` run
-    for heading in ("Chosen alpha", "Results", "Figures", "Runs", "Caveats", "Resolved sweep config"):
-        assert f"<h2>{heading}</h2>" in page and f"## {heading}" in md
+    for heading in HEADINGS:
+        assert f"<h2>{html.escape(heading)}</h2>" in page and f"## {_md(heading)}" in md
     assert (index.parent / "winrate_vs_alpha.png").exists() and not (index.parent / "data_size.png").exists()
     # the same sweep without a judge: the win-rate figure has no data and its old PNG must go
     cfg, table = make_sweep(tmp_path, judge="none")
@@ -123,7 +107,7 @@ def test_report_renders_in_headless_chromium(tmp_path):
     assert m, dom[:2000]
     assert int(m.group(2)) >= 4 and m.group(1) == m.group(2), m.group(0)  # every embedded figure decoded
     text = re.sub(r"<[^>]+>", " ", dom)
-    for needle in ("win rate", "LC win rate", "Chosen: alpha5", "baseline", "alpha5", "Caveats"):
+    for needle in ("win rate", "LC win rate", "alpha5 beats the baseline", "NEFTune vs the alternatives", "Caveats"):
         assert needle in text, needle
     shot = tmp_path / "shot.png"
     subprocess.run(flags + [f"--screenshot={shot}", "--window-size=1280,4000", "--hide-scrollbars", index.as_uri()],
