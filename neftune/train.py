@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from . import rundir
 from .config import Config
+from .data import record_id
 from .errors import NeftuneError, TrainingDiverged
 from .modeling import check_loss_transform, heldout_loss, load_model, load_tokenizer, supervised_loss, unwrap
 from .noise import activate
@@ -330,10 +331,15 @@ def train(cfg: Config) -> dict:
                                        f"checkpoint: {last[-1] if last else 'none'} (resume_from_checkpoint=latest)")
             rec = {"step": step, "epoch": round((step * ga) / per_epoch, 4), "loss": step_loss, "grad_norm": grad_norm,
                    "learning_rate": optimizer.param_groups[0]["lr"]}
-            if cfg.clean_loss_steps and step % cfg.clean_loss_steps == 0 and cfg.neftune_noise_alpha > 0:
-                # The same micro-batches, same weights (before the update), no noise, no grad.
-                with torch.no_grad(), noise.paused():
-                    cl = _global_sum(acc, sum(wrapped(b)[0].detach().float() for b in micro)) / max(n_step, 1)
+            if cfg.clean_loss_steps and step % cfg.clean_loss_steps == 0:
+                # The same micro-batches, same weights (before the update), no noise, no dropout (eval
+                # mode), no grad; for every run, α=0 too: it is the paired comparison's baseline.
+                wrapped.eval()
+                try:
+                    with torch.no_grad(), noise.paused():
+                        cl = _global_sum(acc, sum(wrapped(b)[0].detach().float() for b in micro)) / max(n_step, 1)
+                finally:
+                    wrapped.train()
                 rec["clean_loss"] = cl
                 if not math.isfinite(cl):
                     print(f"[neftune] warning: clean_loss is non-finite at step {step}")
@@ -341,7 +347,7 @@ def train(cfg: Config) -> dict:
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             sup_tokens, tok_total, tok_window, last_loss = sup_tokens + n_step, tok_total + toks, tok_window + n_step, step_loss
-            if step % cfg.logging_steps == 0 or step == total_steps:
+            if step % cfg.logging_steps == 0 or step == total_steps or "clean_loss" in rec:
                 now = time.time()
                 rec["supervised_tokens_per_s"] = tok_window / max(now - t_window, 1e-9)
                 t_window, tok_window = now, 0
@@ -362,6 +368,9 @@ def train(cfg: Config) -> dict:
         pbar.close()
         noise.remove()
 
+    if acc.is_main_process:
+        rundir.write_records(out, "trained", trained_records(data.train_records, total_steps * ga * world, per_epoch * world,
+                                                             lambda: covered_indices(data.train_examples, bs, cfg, pad_id, world)))
     hl = heldout_loss(model, data.heldout_examples, max(bs, 8), pad_id, cfg.data.max_length, loss_fn=wrapped)
     logger.log({"step": total_steps, "heldout_loss": hl})
     logger.close()
@@ -380,6 +389,23 @@ def train(cfg: Config) -> dict:
         print(f"[neftune] done: {out} (train loss {last_loss:.4f}, held-out loss {hl:.4f}, {summary['wall_time_s']} s)")
     acc.wait_for_everyone()
     return summary
+
+
+def covered_indices(examples, bs: int, cfg: Config, pad_id, world: int) -> list[list[int]]:
+    """Per batch of epoch 0 (in the order all ranks consume them), the indices of its examples."""
+    from .data import make_batches
+
+    _, idx = make_batches(examples, bs, packing=cfg.data.packing, max_length=cfg.data.max_length, pad_token_id=pad_id,
+                          seed=cfg.seed, epoch=0, return_indices=True)
+    return idx[: len(idx) // world * world] if world > 1 else idx
+
+
+def trained_records(records: list[dict], n_micro: int, per_epoch: int, indices) -> list[dict]:
+    """The records the run optimised on, in train.jsonl order, each with an `id`: all of them once
+    the run reached the second epoch, else those in the first `n_micro` micro-batches of epoch 0
+    (rank r's i-th micro-batch is the (i*world + r)-th, so the first n_micro of them in all)."""
+    keep = set(range(len(records))) if n_micro >= per_epoch else {i for b in indices()[:n_micro] for i in b}
+    return [{**r, "id": record_id(r, i)} for i, r in enumerate(records) if i in keep]
 
 
 def _global_sum(acc, x: torch.Tensor) -> float:
