@@ -414,9 +414,20 @@ def summary_markdown(res: dict) -> str:
     lines.append("")
     if "heldout_loss" in res:
         lines.append(f"- held-out loss (no noise): {_fmt(res['heldout_loss'], 4)} (ppl {_fmt(res.get('heldout_ppl'), 2)})")
+    if "train_clean" in res:
+        t = res["train_clean"]
+        lines.append(f"- clean loss on trained examples (n={len(t['items']['id'])}): {_fmt(t['loss'], 4)}")
+    capped = {k: s["capped_fraction"] for k, s in res["sets"].items() if s.get("capped_fraction") is not None}
+    if capped:
+        lines.append("- answers that hit eval.max_new_tokens: " + ", ".join(f"{k} {v:.0%}" for k, v in capped.items()))
     if "overfit" in res:
         o = res["overfit"]
-        lines.append(f"- overlap with training answers (n={o['n']}): ROUGE-L {_fmt(o['rouge_l'], 3)}, BLEU {_fmt(o['bleu'], 2)}")
+        lines.append(f"- overlap with training answers (n={o['n']}): ROUGE-L {_fmt(o['rouge_l'], 3)}, BLEU {_fmt(o['bleu'], 2)}"
+                     + (f"; source: {o['source']}" if o.get("source") else ""))
+    if "exact" in res:
+        x = res["exact"]
+        lines.append(f"- exact-answer accuracy (n={x['n']}): {_fmt(x['accuracy'], 3)}, "
+                     f"{_fmt((x.get('length') or {}).get('tokens_mean'), 1)} tokens per answer")
     if "capability" in res:
         c = res["capability"]
         lines.append(f"- capability (multiple choice, n={c['n']}): accuracy {_fmt(c['accuracy'], 3)} "
