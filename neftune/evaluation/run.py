@@ -25,6 +25,7 @@ from .. import rundir
 from ..config import Config, load_config, to_dict
 from ..errors import NeftuneError
 from ..rundir import weights_fingerprint  # noqa: F401  (kept importable from here)
+from .items import capped_fraction, exact_results, example_losses, item_ids, train_clean, trained_records
 
 PARTS = ("generate", "metrics", "loss", "overfit", "judge", "capability", "exact")
 # EvalConfig keys that only change the judging stage, never the answers or single-model metrics.
@@ -52,24 +53,6 @@ def eval_records(run_dir, name: str, cfg: Config) -> list[dict]:
 
 def set_name(name: str) -> str:
     return name if name in ("heldout", "mt-bench", "train", "exact") else Path(name).stem
-
-
-def item_ids(records: list[dict]) -> list[str]:
-    """Stable ids of a set's items (the same across the runs of a sweep): pairs runs per item."""
-    from ..data import record_id
-
-    return [record_id(r, i) for i, r in enumerate(records)]
-
-
-TRAINED_SOURCE = "prompts this run trained on (data/trained.jsonl)"
-
-
-def trained_records(run: Path) -> tuple[list[dict], str]:
-    """The examples the run optimised on, and what they are; a run from before data/trained.jsonl
-    existed falls back to train.jsonl (most of which a short run never saw), and says so."""
-    if rundir.records_path(run, "trained").exists():
-        return rundir.read_records(run, "trained"), TRAINED_SOURCE
-    return rundir.read_records(run, "train"), "first records of data/train.jsonl (no data/trained.jsonl in this run)"
 
 
 def _instruction(record) -> str:
@@ -135,38 +118,11 @@ def _generation_identity(cfg: Config, run: Path) -> dict:
     return {"weights": rundir.weights_fingerprint(run), "eval": e, "seed": cfg.seed, "template": cfg.data.template}
 
 
-def example_losses(model, tok, cfg: Config, records: list[dict]) -> dict:
-    """{"loss": pooled mean token NLL, "items": {"id", "nll" (mean token NLL per example), "tokens"}}: no
-    noise, eval mode. An example with no supervised token left after truncation has no loss: left out."""
-    from ..data import tokenize_example
-    from ..modeling import per_example_loss
-
-    ids, ex = [], []
-    for rid, r in zip(item_ids(records), records):
-        try:
-            ex.append(tokenize_example(r, tok, cfg.data.template, cfg.data.max_length, cfg.data.train_on_inputs, True))
-            ids.append(rid)
-        except NeftuneError:
-            pass
-    per = per_example_loss(model, ex, 8, tok.pad_token_id)
-    total, n = sum(nll * k for nll, k in per if k), sum(k for _, k in per)
-    return {"loss": _finite(total / n) if n else None,
-            "items": {"id": ids, "nll": [_finite(nll) for nll, _ in per], "tokens": [k for _, k in per]}}
-
-
 def _heldout_loss(model, tok, cfg: Config, run: Path) -> dict:
     held = example_losses(model, tok, cfg, rundir.read_records(run, "heldout"))
     hl = held["loss"]
     return {"heldout_loss": hl, "heldout_ppl": _finite(math.exp(hl)) if hl is not None and hl < 50 else None,
             "heldout": held}
-
-
-def _train_clean(model, tok, cfg: Config, run: Path) -> dict:
-    recs, source = trained_records(run)
-    out = example_losses(model, tok, cfg, recs[:cfg.eval.train_loss_samples])
-    out["source"] = ("examples this run trained on, no noise, eval mode (no dropout)" if source == TRAINED_SOURCE
-                     else source + ", no noise, eval mode (no dropout)")
-    return out
 
 
 def generate_stage(cfg: Config, run_dir) -> tuple[dict, bool]:
@@ -194,7 +150,7 @@ def generate_stage(cfg: Config, run_dir) -> tuple[dict, bool]:
             capped: list = []
             outs = generations(model, tok, cfg, run, name, records, capped)
             scores["generated"].append(set_name(name))
-            res["capped_fraction"] = _fraction(capped)
+            res["capped_fraction"] = capped_fraction(capped)
             if "metrics" in parts:
                 res["length"], div = length_stats(outs, tok), diversity(outs)
                 res["diversity"] = {k: v for k, v in div.items() if k != "per_item"}
@@ -214,7 +170,7 @@ def generate_stage(cfg: Config, run_dir) -> tuple[dict, bool]:
     if "loss" in parts:
         scores.update(_heldout_loss(model, tok, cfg, run))
         if cfg.eval.train_loss_samples:
-            scores["train_clean"] = _train_clean(model, tok, cfg, run)
+            scores["train_clean"] = train_clean(model, tok, cfg, run)
     if "overfit" in parts and cfg.eval.overfit_samples:
         train_recs, source = trained_records(run)
         train_recs = train_recs[:cfg.eval.overfit_samples]
@@ -223,7 +179,7 @@ def generate_stage(cfg: Config, run_dir) -> tuple[dict, bool]:
         refs = [reference(r) or "" for r in train_recs]
         per_bleu = [bleu([o], [r]) for o, r in zip(outs, refs)]  # sentence BLEU per item; the headline stays corpus BLEU
         scores["overfit"] = {"rouge_l": rouge_l(outs, refs), "bleu": bleu(outs, refs), "n": len(outs),
-                             "length": length_stats(outs, tok), "capped_fraction": _fraction(capped), "source": source,
+                             "length": length_stats(outs, tok), "capped_fraction": capped_fraction(capped), "source": source,
                              "items": {"id": item_ids(train_recs), "rouge_l": rouge_l_scores(outs, refs), "bleu": per_bleu}}
     if "capability" in parts and cfg.eval.capability_samples:
         from .capability import load_questions, mc_accuracy
@@ -233,38 +189,11 @@ def generate_stage(cfg: Config, run_dir) -> tuple[dict, bool]:
         cap["items"] = {"id": [f"mc-{i}" for i in range(len(correct))], "correct": correct}  # file order: stable
         scores["capability"] = cap
     if "exact" in parts and (cfg.eval.exact_samples or cfg.eval.exact_code):
-        scores["exact"] = _exact(model, tok, cfg, run)
+        scores["exact"] = exact_results(lambda recs, capped: generations(model, tok, cfg, run, "exact", recs, capped),
+                                        tok, cfg)
     scores["wall_time_s"] = round(time.time() - t0, 1)
     rundir.write_json(rundir.scores_path(run), scores)
     return scores, False
-
-
-def _fraction(flags: list) -> float | None:
-    """Share of True among the known flags (None: not recorded, e.g. answers cached by an older version)."""
-    known = [f for f in flags if f is not None]
-    return sum(known) / len(known) if known else None
-
-
-def _exact(model, tok, cfg: Config, run: Path) -> dict:
-    """The exact-answer set (evaluation/exact.py), answered through the same batched path, template and
-    decoding settings as every set, saved as eval/generations/exact.json (reruns reuse the answers)."""
-    from .exact import exact_answer_eval
-    from .metrics import length_lists, length_stats
-
-    capped: list = []
-
-    def answer(questions: list[str]) -> list[str]:
-        recs = [{"messages": [{"role": "user", "content": q}]} for q in questions]
-        return generations(model, tok, cfg, run, "exact", recs, capped)
-
-    res = exact_answer_eval(answer, n=cfg.eval.exact_samples, seed=0, code=cfg.eval.exact_code)
-    rows = res.pop("items")
-    responses = [r["response"] for r in rows]
-    res["length"] = length_stats(responses, tok)
-    res["capped_fraction"] = _fraction(capped)
-    res["items"] = {"id": [r["id"] for r in rows], "correct": [int(r["correct"]) for r in rows],
-                    "tokens": length_lists(responses, tok)["tokens"], "kind": [r["kind"] for r in rows]}
-    return res
 
 
 # ----------------------------------------------------------------------------- stage 2: judge
