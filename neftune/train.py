@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from . import rundir
 from .config import Config
-from .data import record_id
+from .data.coverage import covered_indices, trained_records
 from .errors import NeftuneError, TrainingDiverged
 from .modeling import check_loss_transform, heldout_loss, load_model, load_tokenizer, supervised_loss, unwrap
 from .noise import activate
@@ -56,11 +56,14 @@ class LossModule(torch.nn.Module):
         super().__init__()
         self.model = model
         self.r3f_lambda = r3f_lambda
+        self.r3f_kl_sum = 0.0  # the R3F term's KL sum over the step's micro-batches (logged as r3f_kl)
 
     def forward(self, batch):
         # --- rivals (issue 13): R3F consistency term (neftune/r3f.py); labels to the noise hook for placement
         if self.r3f_lambda > 0 and torch.is_grad_enabled():  # the training step only (not clean/held-out loss)
-            loss, n = r3f_supervised_loss(self.model, batch, self.r3f_lambda)
+            stats: dict = {}
+            loss, n = r3f_supervised_loss(self.model, batch, self.r3f_lambda, stats)
+            self.r3f_kl_sum += stats["r3f_kl"]
             return loss, torch.tensor(n, device=loss.device)
         set_noise_labels(self.model, batch["labels"])
         # --- end rivals
@@ -267,7 +270,8 @@ def train(cfg: Config) -> dict:
     params = [p for p in model.parameters() if p.requires_grad]
     check_master_weights(params)
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    wrapped, optimizer = acc.prepare(LossModule(model, cfg.r3f_lambda), optimizer)
+    loss_module = LossModule(model, cfg.r3f_lambda)
+    wrapped, optimizer = acc.prepare(loss_module, optimizer)
     if acc.distributed_type.name.startswith("FSDP"):  # prepare replaced the parameters by sharded ones
         params = [p for p in wrapped.parameters() if p.requires_grad]
     # Not passed through prepare: accelerate's AcceleratedScheduler steps it num_processes times per
@@ -314,6 +318,7 @@ def train(cfg: Config) -> dict:
                                        for b in micro)], device=acc.device)
             n_step, toks = (int(x) for x in (acc.reduce(counts, "sum") if world > 1 else counts))
             loss_sum = torch.zeros((), device=acc.device)
+            loss_module.r3f_kl_sum = 0.0
             for m, batch in enumerate(micro):
                 ctx = acc.no_sync(wrapped) if m < ga - 1 else nullcontext()
                 with ctx:
@@ -331,6 +336,8 @@ def train(cfg: Config) -> dict:
                                        f"checkpoint: {last[-1] if last else 'none'} (resume_from_checkpoint=latest)")
             rec = {"step": step, "epoch": round((step * ga) / per_epoch, 4), "loss": step_loss, "grad_norm": grad_norm,
                    "learning_rate": optimizer.param_groups[0]["lr"]}
+            if cfg.r3f_lambda > 0:  # per supervised token, like loss (which includes lambda * this)
+                rec["r3f_kl"] = _global_sum(acc, torch.tensor(loss_module.r3f_kl_sum, device=acc.device)) / max(n_step, 1)
             if cfg.clean_loss_steps and step % cfg.clean_loss_steps == 0:
                 # The same micro-batches, same weights (before the update), no noise, no dropout (eval
                 # mode), no grad; for every run, α=0 too: it is the paired comparison's baseline.
@@ -389,23 +396,6 @@ def train(cfg: Config) -> dict:
         print(f"[neftune] done: {out} (train loss {last_loss:.4f}, held-out loss {hl:.4f}, {summary['wall_time_s']} s)")
     acc.wait_for_everyone()
     return summary
-
-
-def covered_indices(examples, bs: int, cfg: Config, pad_id, world: int) -> list[list[int]]:
-    """Per batch of epoch 0 (in the order all ranks consume them), the indices of its examples."""
-    from .data import make_batches
-
-    _, idx = make_batches(examples, bs, packing=cfg.data.packing, max_length=cfg.data.max_length, pad_token_id=pad_id,
-                          seed=cfg.seed, epoch=0, return_indices=True)
-    return idx[: len(idx) // world * world] if world > 1 else idx
-
-
-def trained_records(records: list[dict], n_micro: int, per_epoch: int, indices) -> list[dict]:
-    """The records the run optimised on, in train.jsonl order, each with an `id`: all of them once
-    the run reached the second epoch, else those in the first `n_micro` micro-batches of epoch 0
-    (rank r's i-th micro-batch is the (i*world + r)-th, so the first n_micro of them in all)."""
-    keep = set(range(len(records))) if n_micro >= per_epoch else {i for b in indices()[:n_micro] for i in b}
-    return [{**r, "id": record_id(r, i)} for i, r in enumerate(records) if i in keep]
 
 
 def _global_sum(acc, x: torch.Tensor) -> float:

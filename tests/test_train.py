@@ -155,7 +155,7 @@ def test_baseline_logs_clean_loss_in_eval_mode_and_records_the_examples_it_train
     data/trained.jsonl holds exactly the examples of the batches the run optimised on."""
     from neftune.data import build_datasets, make_batches
     from neftune.modeling import load_model, load_tokenizer, supervised_loss
-    from neftune.train import trained_records
+    from neftune.data.coverage import trained_records
 
     cfg = cfg_for(tiny_llama_dir, tmp_path / "run", "neftune_noise_alpha=0", "model_dropout=0.5", "max_steps=1",
                   "clean_loss_steps=1", "logging_steps=5", "save_steps=0")
