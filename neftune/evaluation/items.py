@@ -34,7 +34,8 @@ def trained_records(run: Path) -> tuple[list[dict], str]:
     existed falls back to train.jsonl (most of which a short run never saw), and says so."""
     if rundir.records_path(run, "trained").exists():
         return rundir.read_records(run, "trained"), TRAINED_SOURCE
-    return rundir.read_records(run, "train"), "first records of data/train.jsonl (no data/trained.jsonl in this run)"
+    train, trained = (rundir.records_path(run, s).relative_to(run) for s in ("train", "trained"))
+    return rundir.read_records(run, "train"), f"first records of {train} (no {trained} in this run)"
 
 
 def capped_fraction(flags: list) -> float | None:
