@@ -32,7 +32,7 @@ Template = Literal["alpaca", "chat"]
 OnBadRecord = Literal["error", "skip"]
 Judge = Literal["offline", "llm", "none"]
 Preset = Literal["greedy", "original"]
-EvalPart = Literal["generate", "metrics", "loss", "overfit", "judge", "capability"]
+EvalPart = Literal["generate", "metrics", "loss", "overfit", "judge", "capability", "exact"]
 # the comparison table's metrics (neftune/compare.py PER_SET + PER_RUN)
 SelectMetric = Literal[
     "lc_win_rate",
@@ -101,9 +101,9 @@ class EvalConfig:
     num_samples: Optional[int] = 32
     """Prompts per set (first N, fixed order); None = all."""
     parts: list[EvalPart] = field(
-        default_factory=lambda: ["generate", "metrics", "loss", "overfit", "judge", "capability"]
+        default_factory=lambda: ["generate", "metrics", "loss", "overfit", "judge", "capability", "exact"]
     )
-    """Which parts to run: generate, metrics, loss, overfit, judge, capability."""
+    """Which parts to run: generate, metrics, loss, overfit, judge, capability, exact."""
     preset: Preset = "greedy"
     """Decoding preset: greedy | original (the NEFTune repo's eval: greedy with repetition_penalty 1.2)."""
     max_new_tokens: int = 128
@@ -134,6 +134,12 @@ class EvalConfig:
     """Offline judge: cosine-similarity difference under which the verdict is a draw."""
     overfit_samples: int = 32
     """Training prompts answered for the ROUGE-L/BLEU overlap with training answers."""
+    train_loss_samples: int = 64
+    """Trained examples (data/trained.jsonl) whose clean per-example loss is measured after training (0 = none)."""
+    exact_samples: int = 48
+    """Generated arithmetic/unit-conversion questions of the exact-answer set (part `exact`)."""
+    exact_code: bool = True
+    """Add the code-output questions to the exact-answer set."""
     capability_samples: int = 57
     """Multiple-choice questions for capability retention."""
     bootstrap: int = 1000

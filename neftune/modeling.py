@@ -171,3 +171,35 @@ def heldout_loss(model, examples, batch_size, pad_token_id, max_length, loss_fn=
         total, n = total + float(loss), n + int(k)
     model.train(was_training)
     return total / max(n, 1)
+
+
+
+@torch.no_grad()
+def per_example_loss(model, examples, batch_size, pad_token_id) -> list[tuple[float, int]]:
+    """(mean supervised-token NLL, supervised tokens) of EACH example, in input order, eval mode (no
+    dropout), through the bare model (no noise hook is active outside training). An example with no
+    supervised token gives (nan, 0). Paired statistics need these, not only the pooled mean."""
+    from .data.collate import _padded  # one right-padded batch, rows in input order
+
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    backbone, head = backbone_and_head(model)
+    transform = logit_transform(model)
+    pad = 0 if pad_token_id is None else pad_token_id
+    bs = max(1, int(batch_size))
+    out: list[tuple[float, int]] = []
+    try:
+        for start in range(0, len(examples), bs):
+            chunk = examples[start:start + bs]
+            b = {k: v.to(device) for k, v in _padded(chunk, pad).items()}
+            hidden = backbone(input_ids=b["input_ids"], attention_mask=b["attention_mask"], use_cache=False).last_hidden_state
+            labels = b["labels"][:, 1:]
+            keep = labels != -100
+            nll = F.cross_entropy(transform(head(hidden[:, :-1][keep])).float(), labels[keep], reduction="none")
+            sums = torch.zeros(len(chunk), device=device).index_add_(0, torch.nonzero(keep)[:, 0], nll)
+            counts = keep.sum(dim=1)
+            out += [(float(sums[r] / counts[r]) if counts[r] else float("nan"), int(counts[r])) for r in range(len(chunk))]
+    finally:
+        model.train(was_training)
+    return out

@@ -32,7 +32,7 @@ from .errors import NeftuneError
 
 PathLike = str | Path
 CONFIG, SUMMARY, METRICS, TENSORBOARD = "config.yaml", "summary.json", "metrics.jsonl", "runs"
-RECORDS = ("train", "heldout")
+RECORDS = ("train", "heldout", "trained")  # trained: the examples the run optimised on
 _CKPT, _TMP_CKPT, TRAINER_STATE = "checkpoint-", ".tmp-checkpoint-", "trainer_state.json"
 _EVAL, _GENERATIONS, _JUDGMENTS = "eval", "generations", "judgments"
 

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from . import rundir
 from .config import Config
+from .data.coverage import covered_indices, trained_records
 from .errors import NeftuneError, TrainingDiverged
 from .modeling import check_loss_transform, heldout_loss, load_model, load_tokenizer, supervised_loss, unwrap
 from .noise import activate
@@ -55,11 +56,14 @@ class LossModule(torch.nn.Module):
         super().__init__()
         self.model = model
         self.r3f_lambda = r3f_lambda
+        self.r3f_kl_sum = 0.0  # the R3F term's KL sum over the step's micro-batches (logged as r3f_kl)
 
     def forward(self, batch):
         # --- rivals (issue 13): R3F consistency term (neftune/r3f.py); labels to the noise hook for placement
         if self.r3f_lambda > 0 and torch.is_grad_enabled():  # the training step only (not clean/held-out loss)
-            loss, n = r3f_supervised_loss(self.model, batch, self.r3f_lambda)
+            stats: dict = {}
+            loss, n = r3f_supervised_loss(self.model, batch, self.r3f_lambda, stats)
+            self.r3f_kl_sum += stats["r3f_kl"]
             return loss, torch.tensor(n, device=loss.device)
         set_noise_labels(self.model, batch["labels"])
         # --- end rivals
@@ -266,7 +270,8 @@ def train(cfg: Config) -> dict:
     params = [p for p in model.parameters() if p.requires_grad]
     check_master_weights(params)
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    wrapped, optimizer = acc.prepare(LossModule(model, cfg.r3f_lambda), optimizer)
+    loss_module = LossModule(model, cfg.r3f_lambda)
+    wrapped, optimizer = acc.prepare(loss_module, optimizer)
     if acc.distributed_type.name.startswith("FSDP"):  # prepare replaced the parameters by sharded ones
         params = [p for p in wrapped.parameters() if p.requires_grad]
     # Not passed through prepare: accelerate's AcceleratedScheduler steps it num_processes times per
@@ -313,6 +318,7 @@ def train(cfg: Config) -> dict:
                                        for b in micro)], device=acc.device)
             n_step, toks = (int(x) for x in (acc.reduce(counts, "sum") if world > 1 else counts))
             loss_sum = torch.zeros((), device=acc.device)
+            loss_module.r3f_kl_sum = 0.0
             for m, batch in enumerate(micro):
                 ctx = acc.no_sync(wrapped) if m < ga - 1 else nullcontext()
                 with ctx:
@@ -330,10 +336,17 @@ def train(cfg: Config) -> dict:
                                        f"checkpoint: {last[-1] if last else 'none'} (resume_from_checkpoint=latest)")
             rec = {"step": step, "epoch": round((step * ga) / per_epoch, 4), "loss": step_loss, "grad_norm": grad_norm,
                    "learning_rate": optimizer.param_groups[0]["lr"]}
-            if cfg.clean_loss_steps and step % cfg.clean_loss_steps == 0 and cfg.neftune_noise_alpha > 0:
-                # The same micro-batches, same weights (before the update), no noise, no grad.
-                with torch.no_grad(), noise.paused():
-                    cl = _global_sum(acc, sum(wrapped(b)[0].detach().float() for b in micro)) / max(n_step, 1)
+            if cfg.r3f_lambda > 0:  # per supervised token, like loss (which includes lambda * this)
+                rec["r3f_kl"] = _global_sum(acc, torch.tensor(loss_module.r3f_kl_sum, device=acc.device)) / max(n_step, 1)
+            if cfg.clean_loss_steps and step % cfg.clean_loss_steps == 0:
+                # The same micro-batches, same weights (before the update), no noise, no dropout (eval
+                # mode), no grad; for every run, α=0 too: it is the paired comparison's baseline.
+                wrapped.eval()
+                try:
+                    with torch.no_grad(), noise.paused():
+                        cl = _global_sum(acc, sum(wrapped(b)[0].detach().float() for b in micro)) / max(n_step, 1)
+                finally:
+                    wrapped.train()
                 rec["clean_loss"] = cl
                 if not math.isfinite(cl):
                     print(f"[neftune] warning: clean_loss is non-finite at step {step}")
@@ -341,7 +354,7 @@ def train(cfg: Config) -> dict:
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             sup_tokens, tok_total, tok_window, last_loss = sup_tokens + n_step, tok_total + toks, tok_window + n_step, step_loss
-            if step % cfg.logging_steps == 0 or step == total_steps:
+            if step % cfg.logging_steps == 0 or step == total_steps or "clean_loss" in rec:
                 now = time.time()
                 rec["supervised_tokens_per_s"] = tok_window / max(now - t_window, 1e-9)
                 t_window, tok_window = now, 0
@@ -362,6 +375,9 @@ def train(cfg: Config) -> dict:
         pbar.close()
         noise.remove()
 
+    if acc.is_main_process:
+        rundir.write_records(out, "trained", trained_records(data.train_records, total_steps * ga * world, per_epoch * world,
+                                                             lambda: covered_indices(data.train_examples, bs, cfg, pad_id, world)))
     hl = heldout_loss(model, data.heldout_examples, max(bs, 8), pad_id, cfg.data.max_length, loss_fn=wrapped)
     logger.log({"step": total_steps, "heldout_loss": hl})
     logger.close()

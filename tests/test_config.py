@@ -75,7 +75,7 @@ def test_fuzz_overrides(text):
 def test_closed_choices_come_from_the_literal_types():
     from neftune.config import Config, choices
 
-    assert choices(Config, "eval.parts") == ("generate", "metrics", "loss", "overfit", "judge", "capability")
+    assert choices(Config, "eval.parts") == ("generate", "metrics", "loss", "overfit", "judge", "capability", "exact")
     assert choices(Config(), "neftune_distribution") == ("uniform", "gaussian", "symmetric")
     assert "none" in choices(Config, "report_to")
 

@@ -72,3 +72,24 @@ def test_unknown_logit_transform_is_refused(monkeypatch):
     monkeypatch.setattr(modeling, "logit_transform", lambda model: (lambda logits: logits))  # a family we don't know
     with pytest.raises(NeftuneError, match="logit transform"):
         check_loss_transform(m)
+
+
+def test_per_example_loss_is_each_examples_own_mean_nll_and_pools_to_heldout_loss():
+    from neftune.modeling import heldout_loss, per_example_loss
+
+    torch.manual_seed(0)
+    model = _gemma()
+    g = torch.Generator().manual_seed(1)
+    examples = []
+    for n, prompt in ((9, 3), (5, 2), (12, 11), (7, 7)):  # the last has no supervised token
+        ids = torch.randint(3, 120, (n,), generator=g).tolist()
+        examples.append({"input_ids": ids, "labels": [-100] * prompt + ids[prompt:]})
+    per = per_example_loss(model, examples, batch_size=3, pad_token_id=0)
+    for ex, (nll, k) in zip(examples[:3], per):
+        ids = torch.tensor([ex["input_ids"]])
+        alone, n = supervised_loss(model.eval(), {"input_ids": ids, "attention_mask": torch.ones_like(ids),
+                                                  "labels": torch.tensor([ex["labels"]])})
+        assert k == n and abs(nll - float(alone)) < 1e-5
+    assert per[3][1] == 0 and per[3][0] != per[3][0]  # nan: no loss without a supervised token
+    pooled = sum(a * k for a, k in per[:3]) / sum(k for _, k in per[:3])
+    assert abs(pooled - heldout_loss(model, examples[:3], 2, 0, 64)) < 1e-5

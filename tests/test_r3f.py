@@ -89,3 +89,4 @@ def test_training_step_with_r3f_runs(tmp_path, tiny_llama_dir):
     assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))
     # prompt-only noise was drawn: the labels reached the hook through the R3F loss path
     assert any(r.get("noise_sequences", 0) > 0 for r in recs)
+    assert [r["r3f_kl"] > 0 for r in recs if "loss" in r] == [True, True]  # the consistency term is logged

@@ -148,3 +148,31 @@ def test_half_precision_trainable_weights_are_refused():
     with pytest.raises(NeftuneError, match="ulp"):
         check_master_weights([torch.nn.Parameter(torch.zeros(3, dtype=torch.bfloat16))])
     check_master_weights([torch.nn.Parameter(torch.zeros(3))])
+
+
+def test_baseline_logs_clean_loss_in_eval_mode_and_records_the_examples_it_trained_on(tmp_path, tiny_llama_dir):
+    """clean_loss is logged for alpha=0 too (the paired baseline), with dropout off (eval mode); and
+    data/trained.jsonl holds exactly the examples of the batches the run optimised on."""
+    from neftune.data import build_datasets, make_batches
+    from neftune.modeling import load_model, load_tokenizer, supervised_loss
+    from neftune.data.coverage import trained_records
+
+    cfg = cfg_for(tiny_llama_dir, tmp_path / "run", "neftune_noise_alpha=0", "model_dropout=0.5", "max_steps=1",
+                  "clean_loss_steps=1", "logging_steps=5", "save_steps=0")
+    train(cfg)
+    clean = [r["clean_loss"] for r in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())
+             if "clean_loss" in r]
+    tok = load_tokenizer(tiny_llama_dir)
+    data = build_datasets(cfg, tok)
+    batches, idx = make_batches(data.train_examples, 4, packing=False, max_length=256, pad_token_id=tok.pad_token_id,
+                                seed=cfg.seed, epoch=0, return_indices=True)
+    model = load_model(tiny_llama_dir, attention_dropout=0.5).eval()  # step 1's clean loss: the initial weights
+    with torch.no_grad():
+        expected = float(supervised_loss(model, batches[0])[0])
+    assert len(clean) == 1 and abs(clean[0] - expected) < 1e-5
+    trained = [json.loads(l) for l in (tmp_path / "run" / "data" / "trained.jsonl").read_text().splitlines()]
+    train_recs = [json.loads(l) for l in (tmp_path / "run" / "data" / "train.jsonl").read_text().splitlines()]
+    assert [r["source"] for r in trained] == [train_recs[i]["source"] for i in sorted(idx[0])]
+    assert all(r["id"] for r in trained) and len(trained) == 4
+    # a run that reached a second epoch trained on everything
+    assert len(trained_records(train_recs, n_micro=len(batches), per_epoch=len(batches), indices=None)) == len(train_recs)

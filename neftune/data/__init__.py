@@ -20,7 +20,7 @@ from .templates import ALPACA_PROMPT, ALPACA_PROMPT_NO_INPUT, prompt_ids, prompt
 
 __all__ = ["DataBundle", "build_datasets", "load_records", "tokenize_example", "prompt_text", "prompt_ids",
            "reference", "make_batches", "pack_examples", "sharegpt_records", "mtbench_records",
-           "ALPACA_PROMPT", "ALPACA_PROMPT_NO_INPUT", "prompt_key"]
+           "ALPACA_PROMPT", "ALPACA_PROMPT_NO_INPUT", "prompt_key", "record_id"]
 
 
 @dataclass
@@ -31,6 +31,12 @@ class DataBundle:
     heldout_examples: list
     skipped: Counter = field(default_factory=Counter)
     info: dict = field(default_factory=dict)
+
+
+def record_id(record: dict, index: int) -> str:
+    """A record's stable id (per-item results pair runs by it): its own `id`, else where it came from
+    (`source`, path:line), else its position in its list."""
+    return str(record.get("id") or record.get("source") or f"item-{index}")
 
 
 def prompt_key(record: dict) -> str:

@@ -63,8 +63,11 @@ def _packed_row(docs: list[dict]) -> dict:
 
 
 def make_batches(examples: list[dict], batch_size: int, *, packing: bool, max_length: int,
-                 pad_token_id: Optional[int], seed: int, epoch: int, group_by_length: bool = True) -> list[dict]:
-    """One epoch of batches. Same (seed, epoch) -> same batches; a new epoch reshuffles."""
+                 pad_token_id: Optional[int], seed: int, epoch: int, group_by_length: bool = True,
+                 return_indices: bool = False):
+    """One epoch of batches. Same (seed, epoch) -> same batches; a new epoch reshuffles.
+    return_indices: also return, per batch, the indices into `examples` it holds (which examples a
+    run that stops mid-epoch trained on)."""
     if batch_size < 1:
         raise ValueError("batch_size must be >= 1")
     rng = random.Random(f"neftune-batches:{seed}:{epoch}")  # str seeds are hashed stably
@@ -74,7 +77,9 @@ def make_batches(examples: list[dict], batch_size: int, *, packing: bool, max_le
     if packing:
         bins = pack_examples(shuffled, max_length)
         rng.shuffle(bins)  # FFD emits long bins first; do not feed them in size order
-        return [_packed_row([d for b in bins[i:i + batch_size] for d in b]) for i in range(0, len(bins), batch_size)]
+        groups = [[d for b in bins[i:i + batch_size] for d in b] for i in range(0, len(bins), batch_size)]
+        rows = [_packed_row(g) for g in groups]
+        return (rows, _indices(examples, groups)) if return_indices else rows
     if group_by_length:
         mega = MEGABATCH_MULT * batch_size
         grouped = []
@@ -90,4 +95,10 @@ def make_batches(examples: list[dict], batch_size: int, *, packing: bool, max_le
         rng.shuffle(batches)
         batches.insert(0, first)
     pad = 0 if pad_token_id is None else pad_token_id  # pad positions are masked and -100 anyway
-    return [_padded(b, pad) for b in batches]
+    rows = [_padded(b, pad) for b in batches]
+    return (rows, _indices(examples, batches)) if return_indices else rows
+
+
+def _indices(examples: list[dict], groups: list[list[dict]]) -> list[list[int]]:
+    where = {id(e): i for i, e in enumerate(examples)}  # the batches hold the example objects themselves
+    return [[where[id(e)] for e in g] for g in groups]

@@ -144,18 +144,19 @@ def choice_logprobs(model, tokenizer, questions: Sequence[dict], batch_size: int
 
 def mc_accuracy(model, tokenizer, questions: Sequence[dict], batch_size: int = 8, progress: bool = True,
                 add_bos: bool = True) -> dict:
-    """{"accuracy" (argmax summed log-prob), "accuracy_norm" (argmax mean log-prob per token), "n", "source"}."""
+    """{"accuracy" (argmax summed log-prob), "accuracy_norm" (argmax mean log-prob per token), "n", "source",
+    "correct": [0|1 per question, in order] (summed log-prob rule, for paired statistics)}."""
     if not questions:
         raise NeftuneError("mc_accuracy: no questions")
     lps = choice_logprobs(model, tokenizer, questions, batch_size, progress, add_bos)
-    hit = hit_norm = 0
+    correct, hit_norm = [], 0
     for q, per_choice in zip(questions, lps):
         sums = [s for s, _ in per_choice]
         means = [s / n for s, n in per_choice]
-        hit += int(max(range(len(sums)), key=sums.__getitem__) == q["answer"])
+        correct.append(int(max(range(len(sums)), key=sums.__getitem__) == q["answer"]))
         hit_norm += int(max(range(len(means)), key=means.__getitem__) == q["answer"])
     n = len(questions)
-    return {"accuracy": hit / n, "accuracy_norm": hit_norm / n, "n": n, "source": SOURCE}
+    return {"accuracy": sum(correct) / n, "accuracy_norm": hit_norm / n, "n": n, "source": SOURCE, "correct": correct}
 
 
 def lm_eval_passthrough(model_dir: str, tasks: Sequence[str], *, num_fewshot: Optional[int] = None,

@@ -61,9 +61,10 @@ def _settings_key(**settings) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def _load_cache(path: Path, prompts: Sequence[str], settings: str) -> dict[int, str]:
-    """Valid cached answers by index. Rewrites the file without a torn last line, so later appends
-    do not glue a new record onto a half-written one."""
+def _load_cache(path: Path, prompts: Sequence[str], settings: str, capped: Optional[dict] = None) -> dict[int, str]:
+    """Valid cached answers by index (and their `capped` flags into `capped`, None where an older
+    cache has none). Rewrites the file without a torn last line, so later appends do not glue a new
+    record onto a half-written one."""
     if not path.exists():
         return {}
     done: dict[int, str] = {}
@@ -79,6 +80,8 @@ def _load_cache(path: Path, prompts: Sequence[str], settings: str) -> dict[int, 
             continue
         if 0 <= idx < len(prompts) and sha == prompt_sha(prompts[idx]):
             done[idx] = out
+            if capped is not None:
+                capped[idx] = rec.get("capped")
             good_lines.append(line)
     if len(good_lines) != len(raw.splitlines()) or (raw and not raw.endswith("\n")):
         _atomic_write(path, "".join(l + "\n" for l in good_lines))
@@ -97,12 +100,15 @@ def generate_answers(model, tokenizer, prompts: list[str], *, max_new_tokens: in
                      repetition_penalty: Optional[float] = None, seed: int = 0,
                      cache_path: Optional[Union[str, Path]] = None, generator_name: str = "model",
                      dataset_name: str = "eval", instructions: Optional[Sequence[str]] = None,
-                     progress: bool = True, add_bos: bool = True, fast_greedy: bool = True) -> list[str]:
+                     progress: bool = True, add_bos: bool = True, fast_greedy: bool = True,
+                     capped: Optional[list] = None) -> list[str]:
     """Answer every prompt; returns the decoded new text (special tokens skipped, stripped) in input order.
 
     preset: greedy | original (greedy + repetition_penalty 1.2); an explicit repetition_penalty wins.
     cache_path: JSONL of finished answers (`idx`, `prompt_sha`, `output`, plus `settings`, and
     `instruction`/`generator`/`dataset` so the partial file is readable); reruns resume from it.
+    capped: a list to fill with, per prompt in input order, whether its answer hit max_new_tokens
+    without an EOS (True/False; None for a cached answer from before this flag was recorded).
     Sampling (do_sample) is seeded per batch from `seed`, so it is reproducible for the same
     batching but a resumed run may sample its remaining items differently than an uninterrupted one.
     fast_greedy: plain greedy (no sampling, no repetition penalty) runs `greedy.greedy_generate`, a
@@ -123,11 +129,12 @@ def generate_answers(model, tokenizer, prompts: list[str], *, max_new_tokens: in
     settings = _settings_key(max_new_tokens=max_new_tokens, do_sample=do_sample, rep=rep, add_bos=add_bos,
                              **({"temperature": temperature, "top_p": top_p, "seed": seed} if do_sample else {}))
     cache = Path(cache_path) if cache_path is not None else None
-    done = _load_cache(cache, prompts, settings) if cache is not None else {}
+    hit_cap: dict = {}
+    done = _load_cache(cache, prompts, settings, hit_cap) if cache is not None else {}
     outputs: list[Optional[str]] = [done.get(i) for i in range(len(prompts))]
     todo = [i for i in range(len(prompts)) if outputs[i] is None]
     if not todo:
-        return [o for o in outputs]  # type: ignore[misc]
+        return _report_capped(outputs, hit_cap, capped)
 
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     eos_ids = _eos_ids(model, tokenizer)
@@ -175,10 +182,11 @@ def generate_answers(model, tokenizer, prompts: list[str], *, max_new_tokens: in
                 new = out[:, width:].cpu()
             for row, i in enumerate(idxs):
                 outputs[i] = tokenizer.decode(new[row], skip_special_tokens=True).strip()
+                hit_cap[i] = _hit_cap(new[row], eos_ids, max_new_tokens)
             if fh is not None:
                 for i in idxs:
                     rec = {"idx": i, "prompt_sha": prompt_sha(prompts[i]), "output": outputs[i], "settings": settings,
-                           "generator": generator_name, "dataset": dataset_name}
+                           "generator": generator_name, "dataset": dataset_name, "capped": hit_cap[i]}
                     if instructions is not None:
                         rec["instruction"] = instructions[i]
                     fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
@@ -191,6 +199,20 @@ def generate_answers(model, tokenizer, prompts: list[str], *, max_new_tokens: in
             fh.close()
         if was_training:
             model.train()
+    return _report_capped(outputs, hit_cap, capped)
+
+
+# --- capped flag (issue 11): separable from the decoding loop above
+def _hit_cap(new_ids, eos_ids: Sequence[int], max_new_tokens: int) -> bool:
+    """The answer used all max_new_tokens and none of them is an EOS (a finished row is padded after
+    its EOS, and generation only stops early when every row has finished)."""
+    ids = [int(t) for t in new_ids]
+    return len(ids) >= max_new_tokens and not any(t in eos_ids for t in ids)
+
+
+def _report_capped(outputs: list, hit_cap: dict, capped: Optional[list]) -> list[str]:
+    if capped is not None:
+        capped[:] = [hit_cap.get(i) for i in range(len(outputs))]
     return [o for o in outputs]  # type: ignore[misc]
 
 

@@ -25,8 +25,9 @@ from .. import rundir
 from ..config import Config, load_config, to_dict
 from ..errors import NeftuneError
 from ..rundir import weights_fingerprint  # noqa: F401  (kept importable from here)
+from .items import capped_fraction, exact_results, example_losses, item_ids, train_clean, trained_records
 
-PARTS = ("generate", "metrics", "loss", "overfit", "judge", "capability")
+PARTS = ("generate", "metrics", "loss", "overfit", "judge", "capability", "exact")
 # EvalConfig keys that only change the judging stage, never the answers or single-model metrics.
 JUDGE_ONLY = ("judge", "judge_base_url", "judge_model", "judge_api_key_env", "judge_max_retries", "judge_timeout",
               "tie_margin", "bootstrap")
@@ -51,7 +52,7 @@ def eval_records(run_dir, name: str, cfg: Config) -> list[dict]:
 
 
 def set_name(name: str) -> str:
-    return name if name in ("heldout", "mt-bench", "train") else Path(name).stem
+    return name if name in ("heldout", "mt-bench", "train", "exact") else Path(name).stem
 
 
 def _instruction(record) -> str:
@@ -89,7 +90,7 @@ def _check_parts(cfg: Config) -> set:
 
 
 # ----------------------------------------------------------------------------- stage 1: generate
-def generations(model, tok, cfg: Config, run_dir, name: str, records: list[dict]) -> list[str]:
+def generations(model, tok, cfg: Config, run_dir, name: str, records: list[dict], capped: list | None = None) -> list[str]:
     """Answers of this run's model to the set: eval/generations/<set>.json (AlpacaEval format) plus
     <set>.meta.json saying how they were made (cached per weights and settings; resumable)."""
     from ..data import prompt_text
@@ -103,7 +104,7 @@ def generations(model, tok, cfg: Config, run_dir, name: str, records: list[dict]
                             preset=e.preset, do_sample=e.do_sample, temperature=e.temperature, top_p=e.top_p,
                             repetition_penalty=e.repetition_penalty, seed=cfg.seed,
                             cache_path=rundir.generations_cache_path(run, sname, fingerprint),
-                            generator_name=run.name, dataset_name=sname, instructions=instructions)
+                            generator_name=run.name, dataset_name=sname, instructions=instructions, capped=capped)
     write_alpaca_eval(rundir.generations_path(run, sname), instructions, outs, generator=run.name, dataset=sname)
     rundir.write_json(rundir.generations_meta_path(run, sname),
                       {"set": sname, "n": len(outs), "decoding": decoding_settings(cfg), "weights": fingerprint,
@@ -118,24 +119,17 @@ def _generation_identity(cfg: Config, run: Path) -> dict:
 
 
 def _heldout_loss(model, tok, cfg: Config, run: Path) -> dict:
-    from ..data import tokenize_example
-    from ..modeling import heldout_loss
-
-    ex = []
-    for r in rundir.read_records(run, "heldout"):
-        try:
-            ex.append(tokenize_example(r, tok, cfg.data.template, cfg.data.max_length, cfg.data.train_on_inputs, True))
-        except NeftuneError:
-            pass  # an example with no supervised token left after truncation has no loss
-    hl = heldout_loss(model, ex, 8, tok.pad_token_id, cfg.data.max_length)
-    return {"heldout_loss": _finite(hl), "heldout_ppl": _finite(math.exp(hl)) if math.isfinite(hl) and hl < 50 else None}
+    held = example_losses(model, tok, cfg, rundir.read_records(run, "heldout"))
+    hl = held["loss"]
+    return {"heldout_loss": hl, "heldout_ppl": _finite(math.exp(hl)) if hl is not None and hl < 50 else None,
+            "heldout": held}
 
 
 def generate_stage(cfg: Config, run_dir) -> tuple[dict, bool]:
     """This run's answers and single-model metrics -> eval/scores.json. Returns (scores, reused)."""
     from ..data import reference
     from ..modeling import load_trained
-    from .metrics import Embedder, bleu, diversity, length_stats, rouge_l
+    from .metrics import Embedder, bleu, diversity, length_lists, length_stats, rouge_l, rouge_l_scores
 
     run, parts = Path(run_dir), _check_parts(cfg)
     identity = _generation_identity(cfg, run)
@@ -153,28 +147,50 @@ def generate_stage(cfg: Config, run_dir) -> tuple[dict, bool]:
             continue
         res: dict = {"n": len(records)}
         if parts & {"generate", "metrics", "judge"}:
-            outs = generations(model, tok, cfg, run, name, records)
+            capped: list = []
+            outs = generations(model, tok, cfg, run, name, records, capped)
             scores["generated"].append(set_name(name))
+            res["capped_fraction"] = capped_fraction(capped)
             if "metrics" in parts:
-                res["length"], res["diversity"] = length_stats(outs, tok), diversity(outs)
-                pairs = [(o, r) for o, r in zip(outs, map(reference, records)) if r]
+                res["length"], div = length_stats(outs, tok), diversity(outs)
+                res["diversity"] = {k: v for k, v in div.items() if k != "per_item"}
+                refs = list(map(reference, records))
+                pairs = [(i, o, r) for i, (o, r) in enumerate(zip(outs, refs)) if r]
+                sim: list = [None] * len(outs)
                 if pairs:
                     embedder = embedder or Embedder()
-                    sims = embedder.similarity([o for o, _ in pairs], [r for _, r in pairs])
+                    sims = embedder.similarity([o for _, o, _ in pairs], [r for _, _, r in pairs])
                     res["similarity_to_reference"] = float(sims.mean())
+                    for (i, _, _), v in zip(pairs, sims):
+                        sim[i] = float(v)
+                lens = length_lists(outs, tok)
+                res["items"] = {"id": item_ids(records), "chars": lens["chars"], "tokens": lens["tokens"], "capped": capped,
+                                "diversity": div["per_item"], "similarity": sim}
         scores["sets"][set_name(name)] = res
     if "loss" in parts:
         scores.update(_heldout_loss(model, tok, cfg, run))
+        if cfg.eval.train_loss_samples:
+            scores["train_clean"] = train_clean(model, tok, cfg, run)
     if "overfit" in parts and cfg.eval.overfit_samples:
-        train_recs = eval_records(run, "train", cfg)
-        outs = generations(model, tok, cfg, run, "train", train_recs)
+        train_recs, source = trained_records(run)
+        train_recs = train_recs[:cfg.eval.overfit_samples]
+        capped = []
+        outs = generations(model, tok, cfg, run, "train", train_recs, capped)
         refs = [reference(r) or "" for r in train_recs]
+        per_bleu = [bleu([o], [r]) for o, r in zip(outs, refs)]  # sentence BLEU per item; the headline stays corpus BLEU
         scores["overfit"] = {"rouge_l": rouge_l(outs, refs), "bleu": bleu(outs, refs), "n": len(outs),
-                             "length": length_stats(outs, tok)}
+                             "length": length_stats(outs, tok), "capped_fraction": capped_fraction(capped), "source": source,
+                             "items": {"id": item_ids(train_recs), "rouge_l": rouge_l_scores(outs, refs), "bleu": per_bleu}}
     if "capability" in parts and cfg.eval.capability_samples:
         from .capability import load_questions, mc_accuracy
 
-        scores["capability"] = mc_accuracy(model, tok, load_questions(n=cfg.eval.capability_samples), batch_size=8)
+        cap = mc_accuracy(model, tok, load_questions(n=cfg.eval.capability_samples), batch_size=8)
+        correct = cap.pop("correct")
+        cap["items"] = {"id": [f"mc-{i}" for i in range(len(correct))], "correct": correct}  # file order: stable
+        scores["capability"] = cap
+    if "exact" in parts and (cfg.eval.exact_samples or cfg.eval.exact_code):
+        scores["exact"] = exact_results(lambda recs, capped: generations(model, tok, cfg, run, "exact", recs, capped),
+                                        tok, cfg)
     scores["wall_time_s"] = round(time.time() - t0, 1)
     rundir.write_json(rundir.scores_path(run), scores)
     return scores, False
@@ -260,13 +276,19 @@ def _judge_set(cfg: Config, judge, run: Path, name: str, b_rows: list[dict]) -> 
     from .winrate import win_rate_summary
 
     a_rows = read_alpaca_eval(rundir.generations_path(run, set_name(name)))
-    refs = [reference(r) for r in eval_records(run, name, cfg)]
+    records = eval_records(run, name, cfg)
+    refs = [reference(r) for r in records]
     outs_a, outs_b = [r["output"] for r in a_rows], [r["output"] for r in b_rows]
     items = [{"prompt": a["instruction"], "answer_a": a["output"], "answer_b": b["output"], "reference": ref}
              for a, b, ref in zip(a_rows, b_rows, refs)]
-    verdicts = [v for v, _ in judge.judge_many(items, progress=True)]
+    judged = judge.judge_many(items, progress=True)
+    verdicts = [v for v, _ in judged]
+    infos = [info or {} for _, info in judged]
+    bases = [i.get("basis") for i in infos]
     summary = win_rate_summary(verdicts, length_lists(outs_a)["chars"], length_lists(outs_b)["chars"],
-                               n_boot=cfg.eval.bootstrap, seed=cfg.seed)
+                               n_boot=cfg.eval.bootstrap, seed=cfg.seed, bases=bases)
+    summary["items"] = {"id": item_ids(records), "verdict": verdicts,
+                        "margin": [_finite(i.get("margin")) for i in infos], "basis": bases}
     summary["judge"] = cfg.eval.judge if cfg.eval.judge != "llm" else f"llm:{cfg.eval.judge_model}"
     summary["verdicts"] = verdicts
     if hasattr(judge, "stats"):
@@ -281,7 +303,7 @@ def write_results(cfg: Config, run_dir, against, scores: dict, judgments: dict) 
     results: dict = {"run": str(run), "against": str(against) if against else None, "sets": {}}
     for sname, s in scores.get("sets", {}).items():
         results["sets"][sname] = {**s, **({"judge": judgments[sname]} if sname in judgments else {})}
-    for k in ("heldout_loss", "heldout_ppl", "overfit", "capability"):
+    for k in ("heldout_loss", "heldout_ppl", "heldout", "train_clean", "overfit", "capability", "exact"):
         if k in scores:
             results[k] = scores[k]
     judge_s = sum(rundir.read_json(rundir.judgments_path(run, s)).get("wall_time_s", 0) for s in judgments)
@@ -321,9 +343,20 @@ def summary_markdown(res: dict) -> str:
     lines.append("")
     if "heldout_loss" in res:
         lines.append(f"- held-out loss (no noise): {_fmt(res['heldout_loss'], 4)} (ppl {_fmt(res.get('heldout_ppl'), 2)})")
+    if "train_clean" in res:
+        t = res["train_clean"]
+        lines.append(f"- clean loss on trained examples (n={len(t['items']['id'])}): {_fmt(t['loss'], 4)}")
+    capped = {k: s["capped_fraction"] for k, s in res["sets"].items() if s.get("capped_fraction") is not None}
+    if capped:
+        lines.append("- answers that hit eval.max_new_tokens: " + ", ".join(f"{k} {v:.0%}" for k, v in capped.items()))
     if "overfit" in res:
         o = res["overfit"]
-        lines.append(f"- overlap with training answers (n={o['n']}): ROUGE-L {_fmt(o['rouge_l'], 3)}, BLEU {_fmt(o['bleu'], 2)}")
+        lines.append(f"- overlap with training answers (n={o['n']}): ROUGE-L {_fmt(o['rouge_l'], 3)}, BLEU {_fmt(o['bleu'], 2)}"
+                     + (f"; source: {o['source']}" if o.get("source") else ""))
+    if "exact" in res:
+        x = res["exact"]
+        lines.append(f"- exact-answer accuracy (n={x['n']}): {_fmt(x['accuracy'], 3)}, "
+                     f"{_fmt((x.get('length') or {}).get('tokens_mean'), 1)} tokens per answer")
     if "capability" in res:
         c = res["capability"]
         lines.append(f"- capability (multiple choice, n={c['n']}): accuracy {_fmt(c['accuracy'], 3)} "

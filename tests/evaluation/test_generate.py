@@ -202,3 +202,24 @@ def test_alpaca_eval_roundtrip_and_validation(tmp_path):
         read_alpaca_eval(path)
     with pytest.raises(DataError, match="not found"):
         read_alpaca_eval(tmp_path / "missing.json")
+
+
+def test_capped_flag_says_which_answers_hit_max_new_tokens_without_eos(tiny_llama_dir, tmp_path):
+    """capped = all max_new_tokens used and no EOS among them; the flag is cached with the answer."""
+    model, tok = _load(tiny_llama_dir)
+    prompts = PROMPTS[:3]
+    # make the greedy first token of prompt 0 an EOS: that answer ends at once, the others run to the cap
+    with torch.inference_mode():
+        first = int(model(input_ids=torch.tensor([encode_prompt(tok, prompts[0])])).logits[0, -1].argmax())
+    others = []
+    for p in prompts[1:]:
+        with torch.inference_mode():
+            others.append(int(model(input_ids=torch.tensor([encode_prompt(tok, p)])).logits[0, -1].argmax()))
+    model.generation_config.eos_token_id = first
+    capped, kw = [], dict(max_new_tokens=4, batch_size=2, progress=False, cache_path=tmp_path / "c.jsonl")
+    generate_answers(model, tok, prompts, capped=capped, **kw)
+    expected = [False] + [o != first for o in others]
+    assert capped[0] is False and capped == expected
+    again = []
+    generate_answers(model, tok, prompts, capped=again, **kw)  # all from the cache
+    assert again == capped

@@ -14,7 +14,8 @@ from neftune.train import train
 
 DATA = str(Path(__file__).parents[1] / "assets" / "tiny_alpaca.jsonl")
 EVAL = ["eval.sets=[heldout]", "eval.num_samples=4", "eval.max_new_tokens=6", "eval.overfit_samples=3",
-        "eval.capability_samples=3", "eval.bootstrap=20"]
+        "eval.capability_samples=3", "eval.bootstrap=20", "eval.exact_samples=2", "eval.exact_code=false",
+        "eval.train_loss_samples=3"]
 
 
 @pytest.fixture(scope="module")
@@ -93,3 +94,50 @@ def test_missing_or_mismatched_other_answers_say_what_to_run(runs, capsys):
     capsys.readouterr()
     assert main(["eval", str(neft), "--against", str(base), *EVAL]) == 1
     assert "different prompt list" in capsys.readouterr().err
+
+
+def _aligned(items: dict, n: int):
+    assert all(len(v) == n for v in items.values()), {k: len(v) for k, v in items.items()}
+
+
+def test_results_carry_per_item_values_paired_by_id(runs):
+    """The per-item contract (CONTRACT.md): every list aligned with an id list, ids equal across runs."""
+    base, neft = runs
+    assert main(["eval", str(base), *EVAL]) == 0
+    assert main(["eval", str(neft), "--against", str(base), *EVAL]) == 0
+    res, ref = (json.loads((r / "eval" / "results.json").read_text()) for r in (neft, base))
+    held = res["sets"]["heldout"]
+    assert set(held["items"]) == {"id", "chars", "tokens", "capped", "diversity", "similarity"}
+    _aligned(held["items"], 4)
+    assert held["items"]["id"] == ref["sets"]["heldout"]["items"]["id"]  # stable across runs of a sweep
+    heldout_ids = [r["id"] or r["source"] for r in map(json.loads, (neft / "data" / "heldout.jsonl").read_text().splitlines())]
+    assert held["items"]["id"] == heldout_ids[:4]
+    # a random tiny model never says EOS within 6 tokens: every answer hit the cap
+    assert held["items"]["capped"] == [True] * 4 and held["capped_fraction"] == 1.0
+    assert held["items"]["chars"] == [len(r["output"]) for r in read_alpaca_eval(neft / "eval" / "generations" / "heldout.json")]
+    j = held["judge"]["items"]
+    _aligned(j, 4)
+    assert j["id"] == held["items"]["id"] and set(j["basis"]) <= {"reference", "prompt-proxy", None}
+    verdicts = json.loads((neft / "eval" / "judgments" / "heldout.json").read_text())["summary"]["verdicts"]
+    assert j["verdict"] == verdicts
+    assert all((m is None) == (b is None) for m, b in zip(j["margin"], j["basis"]))
+    assert set(held["judge"]["by_basis"]) == {b for b in j["basis"] if b}  # reference and proxy rows kept apart
+    # held-out loss per example; the pooled mean is the old top-level number
+    h = res["heldout"]
+    _aligned(h["items"], len(h["items"]["id"]))
+    pooled = sum(a * k for a, k in zip(h["items"]["nll"], h["items"]["tokens"])) / sum(h["items"]["tokens"])
+    assert abs(pooled - res["heldout_loss"]) < 1e-6 and abs(h["loss"] - res["heldout_loss"]) < 1e-9
+    # clean loss and the overfitting probe use the examples the run trained on
+    trained = [json.loads(l)["id"] for l in (neft / "data" / "trained.jsonl").read_text().splitlines()]
+    assert res["train_clean"]["items"]["id"] == trained[:3] and "eval mode" in res["train_clean"]["source"]
+    o = res["overfit"]
+    assert o["items"]["id"] == trained[:3] and o["source"] == "prompts this run trained on (data/trained.jsonl)"
+    _aligned(o["items"], 3)
+    assert abs(sum(o["items"]["rouge_l"]) / 3 - o["rouge_l"]) < 1e-9
+    c = res["capability"]["items"]
+    assert c["id"] == ["mc-0", "mc-1", "mc-2"] and sum(c["correct"]) / 3 == res["capability"]["accuracy"]
+    e = res["exact"]
+    _aligned(e["items"], 2)
+    assert e["n"] == 2 and e["items"]["kind"] == ["arithmetic", "conversion"] and e["capped_fraction"] == 1.0
+    assert e["accuracy"] == sum(e["items"]["correct"]) / 2 and "tokens_mean" in e["length"]
+    assert len(read_alpaca_eval(neft / "eval" / "generations" / "exact.json")) == 2
