@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 
 from ._wrappers import unwrap  # noqa: F401  (re-exported: modeling.unwrap is public)
 from .assets import resolve_model
