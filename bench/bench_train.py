@@ -21,6 +21,7 @@ after the shift (what the loss actually trains on). Model FLOPs per step are cou
 (see flops()); the fp32 matmul peak is measured in the same run (square torch.matmul, default
 threads). Last line: supervised tokens/s of ours / the faster of (TRL, HF).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -68,10 +69,19 @@ def make_tiny_model(out_dir: Path, tokenizer_kind: str) -> str:
 
         tok = build_tiny_tokenizer()
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-                      tie_word_embeddings=True, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
-                      eos_token_id=tok.eos_token_id)
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
     LlamaForCausalLM(cfg).save_pretrained(out_dir)
     tok.save_pretrained(out_dir)
     return str(out_dir)
@@ -80,11 +90,25 @@ def make_tiny_model(out_dir: Path, tokenizer_kind: str) -> str:
 def bench_config(args, model_path: str, output_dir: str, alpha: float, max_steps: int):
     from neftune.config import load_config
 
-    return load_config(str(ROOT / args.config), [
-        f"model={model_path}", f"output_dir={output_dir}", f"neftune_noise_alpha={alpha}", f"max_steps={max_steps}",
-        f"per_device_train_batch_size={args.batch_size}", "gradient_accumulation_steps=1", "logging_steps=1",
-        "clean_loss_steps=0", "save_steps=0", "report_to=[jsonl]", "lora.r=16", "lora.alpha=32",
-        "lora.target_modules=all-linear", f"data.sharegpt_size={args.sharegpt_size}"])
+    return load_config(
+        str(ROOT / args.config),
+        [
+            f"model={model_path}",
+            f"output_dir={output_dir}",
+            f"neftune_noise_alpha={alpha}",
+            f"max_steps={max_steps}",
+            f"per_device_train_batch_size={args.batch_size}",
+            "gradient_accumulation_steps=1",
+            "logging_steps=1",
+            "clean_loss_steps=0",
+            "save_steps=0",
+            "report_to=[jsonl]",
+            "lora.r=16",
+            "lora.alpha=32",
+            "lora.target_modules=all-linear",
+            f"data.sharegpt_size={args.sharegpt_size}",
+        ],
+    )
 
 
 def model_info(model) -> dict:
@@ -105,9 +129,15 @@ def model_info(model) -> dict:
             body += w.numel()
     c = base.config
     head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
-    return {"body_params": body, "lora_params": lora, "d": head.weight.shape[1], "vocab": head.weight.shape[0],
-            "layers": c.num_hidden_layers, "q_dim": c.num_attention_heads * head_dim,
-            "head_trainable": bool(head.weight.requires_grad)}
+    return {
+        "body_params": body,
+        "lora_params": lora,
+        "d": head.weight.shape[1],
+        "vocab": head.weight.shape[0],
+        "layers": c.num_hidden_layers,
+        "q_dim": c.num_attention_heads * head_dim,
+        "head_trainable": bool(head.weight.requires_grad),
+    }
 
 
 def flops(info: dict, tokens: int, head_fwd: int, head_bwd_passes: float, attn_pairs: int) -> dict:
@@ -150,13 +180,23 @@ def summarize(name: str, dts: list[float], sups: list[int], flop_steps: list[dic
     total_t = sum(dts)
     fl = sum(f["total"] for f in flop_steps)
     best = min(range(len(dts)), key=lambda i: dts[i] / max(sups[i], 1))  # least-disturbed step on a shared box
-    return {"name": name, "timed_steps": len(dts), "step_s": dts, "step_s_median": statistics.median(dts),
-            "best_supervised_tokens_per_s": sups[best] / dts[best],
-            "best_model_gflops_per_s": flop_steps[best]["total"] / dts[best] / 1e9,
-            "step_s_mean": total_t / len(dts), "supervised_tokens": sum(sups),
-            "supervised_tokens_per_s": sum(sups) / total_t, "model_flops": fl, "model_gflops_per_s": fl / total_t / 1e9,
-            "head_flops_share": sum(f["head"] for f in flop_steps) / fl, "peak_rss_mib": rss_mib(),
-            "threads": torch.get_num_threads(), **extra}
+    return {
+        "name": name,
+        "timed_steps": len(dts),
+        "step_s": dts,
+        "step_s_median": statistics.median(dts),
+        "best_supervised_tokens_per_s": sups[best] / dts[best],
+        "best_model_gflops_per_s": flop_steps[best]["total"] / dts[best] / 1e9,
+        "step_s_mean": total_t / len(dts),
+        "supervised_tokens": sum(sups),
+        "supervised_tokens_per_s": sum(sups) / total_t,
+        "model_flops": fl,
+        "model_gflops_per_s": fl / total_t / 1e9,
+        "head_flops_share": sum(f["head"] for f in flop_steps) / fl,
+        "peak_rss_mib": rss_mib(),
+        "threads": torch.get_num_threads(),
+        **extra,
+    }
 
 
 # ----------------------------------------------------------------------------- contenders
@@ -191,8 +231,15 @@ def run_ours(args, workdir: Path, alpha: float) -> dict:
     T.build_model = build_model
     T.train(cfg)
     # Rebuild the exact batches train() consumed (data order is a pure function of seed, epoch).
-    batches = make_batches(data.train_examples, cfg.per_device_train_batch_size, packing=cfg.data.packing,
-                           max_length=cfg.data.max_length, pad_token_id=tok.pad_token_id, seed=cfg.seed, epoch=0)
+    batches = make_batches(
+        data.train_examples,
+        cfg.per_device_train_batch_size,
+        packing=cfg.data.packing,
+        max_length=cfg.data.max_length,
+        pad_token_id=tok.pad_token_id,
+        seed=cfg.seed,
+        epoch=0,
+    )
     recs = {r["step"]: r for r in read_metrics(cfg.output_dir) if "loss" in r}
     dts, sups, fls = [], [], []
     for step in range(args.warmup + 1, steps + 1):
@@ -205,12 +252,30 @@ def run_ours(args, workdir: Path, alpha: float) -> dict:
         else:
             lens = b["attention_mask"].sum(1).tolist()
         tokens = int(b["input_ids"].numel())
-        fls.append(flops(info_box, tokens, head_fwd=sup, head_bwd_passes=2 if info_box["head_trainable"] else 1,
-                         attn_pairs=causal_pairs(lens)))
+        fls.append(
+            flops(
+                info_box,
+                tokens,
+                head_fwd=sup,
+                head_bwd_passes=2 if info_box["head_trainable"] else 1,
+                attn_pairs=causal_pairs(lens),
+            )
+        )
     name = "ours" if alpha > 0 else "ours-a0"
-    return summarize(name, dts, sups, fls, {"alpha": alpha, "tokens_per_step": statistics.mean(
-        int(batches[(s - 1) % len(batches)]["input_ids"].numel()) for s in range(args.warmup + 1, steps + 1)),
-        "model": info_box, "packing": cfg.data.packing})
+    return summarize(
+        name,
+        dts,
+        sups,
+        fls,
+        {
+            "alpha": alpha,
+            "tokens_per_step": statistics.mean(
+                int(batches[(s - 1) % len(batches)]["input_ids"].numel()) for s in range(args.warmup + 1, steps + 1)
+            ),
+            "model": info_box,
+            "packing": cfg.data.packing,
+        },
+    )
 
 
 class _StepClock:
@@ -266,31 +331,53 @@ def _plain(model):
 def _lora_config(cfg):
     from peft import LoraConfig
 
-    return LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-                      target_modules=cfg.lora.target_modules, task_type="CAUSAL_LM")
+    return LoraConfig(
+        r=cfg.lora.r,
+        lora_alpha=cfg.lora.alpha,
+        lora_dropout=cfg.lora.dropout,
+        target_modules=cfg.lora.target_modules,
+        task_type="CAUSAL_LM",
+    )
 
 
 def _common_args(cfg, steps: int, out: str) -> dict:
-    return dict(output_dir=out, per_device_train_batch_size=cfg.per_device_train_batch_size, gradient_accumulation_steps=1,
-                max_steps=steps, learning_rate=cfg.learning_rate, lr_scheduler_type=cfg.lr_scheduler_type,
-                warmup_steps=math.ceil(cfg.warmup_ratio * steps), weight_decay=cfg.weight_decay,
-                max_grad_norm=cfg.max_grad_norm, logging_steps=1, save_strategy="no", report_to="none",
-                neftune_noise_alpha=cfg.neftune_noise_alpha or None, seed=cfg.seed, dataloader_num_workers=0,
-                disable_tqdm=True, use_cpu=True, optim="adamw_torch", gradient_checkpointing=False)
+    return dict(
+        output_dir=out,
+        per_device_train_batch_size=cfg.per_device_train_batch_size,
+        gradient_accumulation_steps=1,
+        max_steps=steps,
+        learning_rate=cfg.learning_rate,
+        lr_scheduler_type=cfg.lr_scheduler_type,
+        warmup_steps=math.ceil(cfg.warmup_ratio * steps),
+        weight_decay=cfg.weight_decay,
+        max_grad_norm=cfg.max_grad_norm,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        neftune_noise_alpha=cfg.neftune_noise_alpha or None,
+        seed=cfg.seed,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+        use_cpu=True,
+        optim="adamw_torch",
+        gradient_checkpointing=False,
+    )
 
 
 def _trainer_result(name, args, clock, counting, info, head_all: bool, head_bwd_passes: float, extra: dict) -> dict:
     ends = clock.ends
     dts = [ends[i] - ends[i - 1] for i in range(args.warmup, len(ends))]
-    timed = counting.batches[args.warmup: len(ends)]
+    timed = counting.batches[args.warmup : len(ends)]
     sups = [b["sup"] for b in timed]
     fls = []
     for b in timed:
         head = b["tokens"] if head_all else b["sup"]
-        fls.append(flops(info, b["tokens"], head_fwd=head, head_bwd_passes=head_bwd_passes,
-                         attn_pairs=causal_pairs(b["lens"])))
-    return summarize(name, dts, sups, fls, {"tokens_per_step": statistics.mean(b["tokens"] for b in timed),
-                                            "model": info, **extra})
+        fls.append(
+            flops(info, b["tokens"], head_fwd=head, head_bwd_passes=head_bwd_passes, attn_pairs=causal_pairs(b["lens"]))
+        )
+    return summarize(
+        name, dts, sups, fls, {"tokens_per_step": statistics.mean(b["tokens"] for b in timed), "model": info, **extra}
+    )
 
 
 def run_hf(args, workdir: Path) -> dict:
@@ -308,11 +395,18 @@ def run_hf(args, workdir: Path) -> dict:
     ds = Dataset.from_list([{"input_ids": e["input_ids"], "labels": e["labels"]} for e in data.train_examples])
     counting = _Counting(DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=-100, return_tensors="pt"))
     clock = _StepClock()
-    trainer = Trainer(model=model, args=TrainingArguments(**_common_args(cfg, steps, str(workdir / "hf"))),
-                      train_dataset=ds, data_collator=counting, callbacks=[clock.callback])
+    trainer = Trainer(
+        model=model,
+        args=TrainingArguments(**_common_args(cfg, steps, str(workdir / "hf"))),
+        train_dataset=ds,
+        data_collator=counting,
+        callbacks=[clock.callback],
+    )
     trainer.train()
     # The model's own loss: logits (and their backward) at every position, padding included.
-    return _trainer_result("hf", args, clock, counting, info, head_all=True, head_bwd_passes=1, extra={"alpha": args.alpha})
+    return _trainer_result(
+        "hf", args, clock, counting, info, head_all=True, head_bwd_passes=1, extra={"alpha": args.alpha}
+    )
 
 
 def run_trl(args, workdir: Path) -> dict:
@@ -325,18 +419,37 @@ def run_trl(args, workdir: Path) -> dict:
     cfg.neftune_noise_alpha = args.alpha
     steps = args.warmup + args.steps_trl
     ds = Dataset.from_list([{"input_ids": e["input_ids"], "labels": e["labels"]} for e in data.train_examples])
-    sft = SFTConfig(**_common_args(cfg, steps, str(workdir / "trl")), packing=True, max_length=cfg.data.max_length,
-                    bf16=False, fp16=False)
+    sft = SFTConfig(
+        **_common_args(cfg, steps, str(workdir / "trl")),
+        packing=True,
+        max_length=cfg.data.max_length,
+        bf16=False,
+        fp16=False,
+    )
     clock = _StepClock()
-    trainer = SFTTrainer(model=_plain(load_model(model_path)), args=sft, train_dataset=ds, processing_class=tok,
-                         peft_config=_lora_config(cfg), callbacks=[clock.callback])
+    trainer = SFTTrainer(
+        model=_plain(load_model(model_path)),
+        args=sft,
+        train_dataset=ds,
+        processing_class=tok,
+        peft_config=_lora_config(cfg),
+        callbacks=[clock.callback],
+    )
     info = model_info(trainer.model)
     counting = _Counting(trainer.data_collator)
     trainer.data_collator = counting
     trainer.train()
     # On CPU (no Triton) TRL's chunked kernel scores every position and recomputes the tiles in backward.
-    return _trainer_result("trl", args, clock, counting, info, head_all=True, head_bwd_passes=2,
-                           extra={"alpha": args.alpha, "packing_strategy": sft.packing_strategy})
+    return _trainer_result(
+        "trl",
+        args,
+        clock,
+        counting,
+        info,
+        head_all=True,
+        head_bwd_passes=2,
+        extra={"alpha": args.alpha, "packing_strategy": sft.packing_strategy},
+    )
 
 
 # ----------------------------------------------------------------------------- micro-benches
@@ -351,7 +464,7 @@ def matmul_peak(n: int = 2048, reps: int = 8, rounds: int = 3) -> dict:
         t0 = time.perf_counter()
         for _ in range(reps):
             torch.matmul(a, b, out=c)
-        rates.append(2 * n ** 3 * reps / (time.perf_counter() - t0) / 1e9)
+        rates.append(2 * n**3 * reps / (time.perf_counter() - t0) / 1e9)
     return {"n": n, "gflops_best": max(rates), "gflops_rounds": rates, "threads": torch.get_num_threads()}
 
 
@@ -398,8 +511,13 @@ def noise_micro(B: int = 2, T: int = 192, d: int = 640, docs_per_row: int = 2, r
         h.pop_stats()
         h.enabled = True
         t_pop = med(lambda: (owner(ids, position_ids=pos), h.pop_stats())) - statistics.median(on)
-    return {"shape": [B, T, d], "noise_fn_s": t_fn, "hook_with_stats_s": max(statistics.median(on) - statistics.median(off), 0.0),
-            "lookup_s": statistics.median(off), "pop_stats_s": max(t_pop, 0.0)}
+    return {
+        "shape": [B, T, d],
+        "noise_fn_s": t_fn,
+        "hook_with_stats_s": max(statistics.median(on) - statistics.median(off), 0.0),
+        "lookup_s": statistics.median(off),
+        "pop_stats_s": max(t_pop, 0.0),
+    }
 
 
 def ce_micro(n: int = 256, d: int = 640, vocab: int = 262144, chunks=(32, 64, 128, 256), reps: int = 2) -> dict:
@@ -458,18 +576,41 @@ def worker(args) -> dict:
 
 
 def spawn(args, only: str, batch_size: int | None = None) -> dict | None:
-    cmd = [sys.executable, __file__, "--only", only, "--model", args.model, "--config", args.config,
-           "--batch-size", str(batch_size or args.batch_size), "--alpha", str(args.alpha), "--warmup", str(args.warmup),
-           "--steps-ours", str(args.steps_ours), "--steps-hf", str(args.steps_hf), "--steps-trl", str(args.steps_trl),
-           "--sharegpt-size", str(args.sharegpt_size), "--tiny-tokenizer", args.tiny_tokenizer,
-           "--matmul-n", str(args.matmul_n)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--only",
+        only,
+        "--model",
+        args.model,
+        "--config",
+        args.config,
+        "--batch-size",
+        str(batch_size or args.batch_size),
+        "--alpha",
+        str(args.alpha),
+        "--warmup",
+        str(args.warmup),
+        "--steps-ours",
+        str(args.steps_ours),
+        "--steps-hf",
+        str(args.steps_hf),
+        "--steps-trl",
+        str(args.steps_trl),
+        "--sharegpt-size",
+        str(args.sharegpt_size),
+        "--tiny-tokenizer",
+        args.tiny_tokenizer,
+        "--matmul-n",
+        str(args.matmul_n),
+    ]
     print(f"\n=== {only}: {' '.join(cmd[1:])}", flush=True)
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
     result = None
     for line in proc.stdout:
         if line.startswith(RESULT_TAG):
-            result = json.loads(line[len(RESULT_TAG):])
+            result = json.loads(line[len(RESULT_TAG) :])
         elif args.verbose or any(k in line for k in ("Error", "error", "Traceback", "[neftune]")):
             print(f"  [{only}] {line.rstrip()}", flush=True)
     rc = proc.wait()
@@ -499,14 +640,22 @@ def main() -> None:
     ap.add_argument("--steps-hf", type=int, default=3)
     ap.add_argument("--steps-trl", type=int, default=1)
     ap.add_argument("--sharegpt-size", type=int, default=None, help="default: the config's data.sharegpt_size")
-    ap.add_argument("--tiny-tokenizer", choices=("gemma", "conftest"), default="gemma",
-                    help="--model tiny: the real Gemma tokenizer (262k vocab) or tests/conftest.py's 400-token BPE")
+    ap.add_argument(
+        "--tiny-tokenizer",
+        choices=("gemma", "conftest"),
+        default="gemma",
+        help="--model tiny: the real Gemma tokenizer (262k vocab) or tests/conftest.py's 400-token BPE",
+    )
     ap.add_argument("--matmul-n", type=int, default=2048)
     ap.add_argument("--skip-trl", action="store_true")
     ap.add_argument("--skip-hf", action="store_true")
     ap.add_argument("--skip-a0", action="store_true", help="skip the NEFTune-off run of ours")
-    ap.add_argument("--sweep-batch", default="", help="e.g. 4,8: also run ours at these per-device batch sizes "
-                    "(rows of <= max_length packed tokens per micro-step) to pick the tokens per step")
+    ap.add_argument(
+        "--sweep-batch",
+        default="",
+        help="e.g. 4,8: also run ours at these per-device batch sizes "
+        "(rows of <= max_length packed tokens per micro-step) to pick the tokens per step",
+    )
     ap.add_argument("--skip-ce", action="store_true", help="skip the chunked cross-entropy micro-bench")
     ap.add_argument("--only", default=None, help="worker mode: ours | ours-a0 | hf | trl | noise | peak (prints JSON)")
     ap.add_argument("--out", default=None, help="also write all results as JSON here")
@@ -526,15 +675,22 @@ def main() -> None:
         return
 
     t_start = time.perf_counter()
-    print(f"model={args.model} batch_size={args.batch_size} alpha={args.alpha} packing(ours)={base.data.packing} "
-          f"max_length={base.data.max_length} sharegpt_size={args.sharegpt_size} warmup={args.warmup} "
-          f"steps ours/hf/trl={args.steps_ours}/{args.steps_hf}/{0 if args.skip_trl else args.steps_trl} "
-          f"threads={torch.get_num_threads()} loadavg={load_avg()}")
+    print(
+        f"model={args.model} batch_size={args.batch_size} alpha={args.alpha} packing(ours)={base.data.packing} "
+        f"max_length={base.data.max_length} sharegpt_size={args.sharegpt_size} warmup={args.warmup} "
+        f"steps ours/hf/trl={args.steps_ours}/{args.steps_hf}/{0 if args.skip_trl else args.steps_trl} "
+        f"threads={torch.get_num_threads()} loadavg={load_avg()}"
+    )
     print("(figures measured under whatever other load the box had; see loadavg)")
     peak0 = matmul_peak(args.matmul_n)
     print(f"fp32 matmul peak ({args.matmul_n}^2): {peak0['gflops_best']:.1f} GFLOP/s")
-    order = ["ours"] + ([] if args.skip_a0 else ["ours-a0"]) + ([] if args.skip_hf else ["hf"]) + \
-            ([] if args.skip_trl else ["trl"]) + ["noise"]
+    order = (
+        ["ours"]
+        + ([] if args.skip_a0 else ["ours-a0"])
+        + ([] if args.skip_hf else ["hf"])
+        + ([] if args.skip_trl else ["trl"])
+        + ["noise"]
+    )
     res, peaks = {}, [peak0]
     order += [] if args.skip_ce else ["ce"]
     for k in order:
@@ -547,52 +703,74 @@ def main() -> None:
         peaks.append(matmul_peak(args.matmul_n))
     peak = max(p["gflops_best"] for p in peaks)
     seen = ", ".join(f"{p['gflops_best']:.0f}" for p in peaks)
-    print(f"\nfp32 matmul peak between runs: {seen} GFLOP/s -> using the "
-          f"best, {peak:.1f}; loadavg now {load_avg()}")
+    print(f"\nfp32 matmul peak between runs: {seen} GFLOP/s -> using the best, {peak:.1f}; loadavg now {load_avg()}")
 
     rows = [(k, r) for k, r in res.items() if (k in CONTENDERS or k.startswith("ours-b")) and r]
-    print(f"\n{'contender':<9} {'steps':>5} {'tok/step':>8} {'sup/step':>8} {'step s':>7} {'sup tok/s':>9} {'(best)':>7} "
-          f"{'GFLOP/st':>8} {'GFLOP/s':>7} {'%peak':>6} {'(best)':>6} {'head%':>6} {'RSS MiB':>7}")
+    print(
+        f"\n{'contender':<9} {'steps':>5} {'tok/step':>8} {'sup/step':>8} {'step s':>7} {'sup tok/s':>9} {'(best)':>7} "
+        f"{'GFLOP/st':>8} {'GFLOP/s':>7} {'%peak':>6} {'(best)':>6} {'head%':>6} {'RSS MiB':>7}"
+    )
     for k, r in rows:
-        print(f"{k:<9} {r['timed_steps']:>5} {r['tokens_per_step']:>8.0f} {r['supervised_tokens'] / r['timed_steps']:>8.0f} "
-              f"{r['step_s_median']:>7.2f} {r['supervised_tokens_per_s']:>9.1f} {r['best_supervised_tokens_per_s']:>7.1f} "
-              f"{r['model_flops'] / r['timed_steps'] / 1e9:>8.1f} {r['model_gflops_per_s']:>7.1f} "
-              f"{100 * r['model_gflops_per_s'] / peak:>5.1f}% {100 * r['best_model_gflops_per_s'] / peak:>5.1f}% "
-              f"{100 * r['head_flops_share']:>5.1f}% {r['peak_rss_mib']:>7.0f}")
+        print(
+            f"{k:<9} {r['timed_steps']:>5} {r['tokens_per_step']:>8.0f} {r['supervised_tokens'] / r['timed_steps']:>8.0f} "
+            f"{r['step_s_median']:>7.2f} {r['supervised_tokens_per_s']:>9.1f} {r['best_supervised_tokens_per_s']:>7.1f} "
+            f"{r['model_flops'] / r['timed_steps'] / 1e9:>8.1f} {r['model_gflops_per_s']:>7.1f} "
+            f"{100 * r['model_gflops_per_s'] / peak:>5.1f}% {100 * r['best_model_gflops_per_s'] / peak:>5.1f}% "
+            f"{100 * r['head_flops_share']:>5.1f}% {r['peak_rss_mib']:>7.0f}"
+        )
     print("(step s = median; sup tok/s and GFLOP/s = totals over the timed steps; (best) = the fastest timed step)")
-    summary = {"model": args.model, "peak_gflops": peak, "peaks": peaks, "results": res,
-               "args": vars(args), "loadavg_end": load_avg(), "total_wall_s": time.perf_counter() - t_start}
+    summary = {
+        "model": args.model,
+        "peak_gflops": peak,
+        "peaks": peaks,
+        "results": res,
+        "args": vars(args),
+        "loadavg_end": load_avg(),
+        "total_wall_s": time.perf_counter() - t_start,
+    }
     ours = res.get("ours")
     if ours:
-        print(f"\nours: {100 * ours['model_gflops_per_s'] / peak:.1f}% of fp32 matmul peak over the timed steps, "
-              f"{100 * ours['best_model_gflops_per_s'] / peak:.1f}% on its best step (target >= 65%); "
-              f"peak RSS {ours['peak_rss_mib']:.0f} MiB (target <= 6 GB)")
+        print(
+            f"\nours: {100 * ours['model_gflops_per_s'] / peak:.1f}% of fp32 matmul peak over the timed steps, "
+            f"{100 * ours['best_model_gflops_per_s'] / peak:.1f}% on its best step (target >= 65%); "
+            f"peak RSS {ours['peak_rss_mib']:.0f} MiB (target <= 6 GB)"
+        )
         if res.get("ours-a0"):
             r_on_off = ours["step_s_median"] / res["ours-a0"]["step_s_median"]
             r_mean = ours["step_s_mean"] / res["ours-a0"]["step_s_mean"]
             summary["neftune_on_off_step_ratio"] = r_on_off
-            print(f"NEFTune on/off step time (alpha={args.alpha} vs 0): median {r_on_off:.3f}, mean {r_mean:.3f} "
-                  f"(target <= 1.01; step-to-step noise under load is larger than the effect, see micro-bench)")
+            print(
+                f"NEFTune on/off step time (alpha={args.alpha} vs 0): median {r_on_off:.3f}, mean {r_mean:.3f} "
+                f"(target <= 1.01; step-to-step noise under load is larger than the effect, see micro-bench)"
+            )
         nz = res.get("noise")
         if nz:
             pct = 100 * nz["hook_with_stats_s"] / ours["step_s_median"]
             summary["noise_hook_pct_of_step"] = pct
-            print(f"noise micro-bench {nz['shape']}: neftune_noise {1e3 * nz['noise_fn_s']:.2f} ms, hook+stats "
-                  f"{1e3 * nz['hook_with_stats_s']:.2f} ms, pop_stats {1e3 * nz['pop_stats_s']:.2f} ms -> "
-                  f"{pct:.3f}% of one ours step ({ours['step_s_median']:.2f} s)")
+            print(
+                f"noise micro-bench {nz['shape']}: neftune_noise {1e3 * nz['noise_fn_s']:.2f} ms, hook+stats "
+                f"{1e3 * nz['hook_with_stats_s']:.2f} ms, pop_stats {1e3 * nz['pop_stats_s']:.2f} ms -> "
+                f"{pct:.3f}% of one ours step ({ours['step_s_median']:.2f} s)"
+            )
     ce = res.get("ce")
     if ce:
-        parts = ", ".join(f"chunk {k[5:-2]}: {v:.2f} s" for k, v in ce.items() if k.startswith("chunk") and k.endswith("_s"))
-        print(f"supervised loss fwd+bwd, {ce['n']} x {ce['vocab']} (frozen head, softcap): unchunked "
-              f"{ce['unchunked_s']:.2f} s ({ce['unchunked_logits_mb']:.0f} MB of logits); chunked {parts}")
+        parts = ", ".join(
+            f"chunk {k[5:-2]}: {v:.2f} s" for k, v in ce.items() if k.startswith("chunk") and k.endswith("_s")
+        )
+        print(
+            f"supervised loss fwd+bwd, {ce['n']} x {ce['vocab']} (frozen head, softcap): unchunked "
+            f"{ce['unchunked_s']:.2f} s ({ce['unchunked_logits_mb']:.0f} MB of logits); chunked {parts}"
+        )
     others = [r for k, r in res.items() if k in ("hf", "trl") and r]
     line = None
     if ours and others:
         best = max(others, key=lambda r: r["supervised_tokens_per_s"])
         ratio = ours["supervised_tokens_per_s"] / best["supervised_tokens_per_s"]
         summary["speedup_vs_faster"] = {"vs": best["name"], "ratio": ratio}
-        line = (f"speedup ours/{best['name']} (faster of {'/'.join(r['name'] for r in others)}), supervised "
-                f"tokens/s: {ratio:.2f}  (target >= 2 on gemma-3-270m)")
+        line = (
+            f"speedup ours/{best['name']} (faster of {'/'.join(r['name'] for r in others)}), supervised "
+            f"tokens/s: {ratio:.2f}  (target >= 2 on gemma-3-270m)"
+        )
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(summary, indent=2))

@@ -7,6 +7,7 @@
 Prints per run: the loss curve, the LR trace, supervised tokens/s and peak GPU memory.
     python bench/gpu_smoke.py [--steps 20] [--out /tmp/neftune-gpu-smoke] [--layer-cls Gemma3DecoderLayer]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,8 +21,16 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run(name, launch, overrides, out, env):
-    cmd = [sys.executable, *launch, "-m", "neftune.cli", "train", str(ROOT / "configs" / "default.yaml"),
-           f"output_dir={out / name}", *overrides]
+    cmd = [
+        sys.executable,
+        *launch,
+        "-m",
+        "neftune.cli",
+        "train",
+        str(ROOT / "configs" / "default.yaml"),
+        f"output_dir={out / name}",
+        *overrides,
+    ]
     print(f"\n=== {name}: {' '.join(cmd)}", flush=True)
     r = subprocess.run(cmd, env=env, check=False)
     if r.returncode != 0:
@@ -35,8 +44,10 @@ def run(name, launch, overrides, out, env):
     print("clean_loss", " ".join(f"{r['clean_loss']:.3f}" for r in steps if "clean_loss" in r))
     print("lr        ", " ".join(f"{r['learning_rate']:.2e}" for r in steps))
     tps = [r["supervised_tokens_per_s"] for r in steps[1:] if "supervised_tokens_per_s" in r]  # step 1 warms up
-    print(f"supervised tokens/s {sum(tps) / max(len(tps), 1):.0f}, held-out loss {summary['heldout_loss']:.4f}, "
-          f"peak memory {summary.get('peak_memory_gb')} GiB (rank 0), wall {summary['wall_time_s']} s")
+    print(
+        f"supervised tokens/s {sum(tps) / max(len(tps), 1):.0f}, held-out loss {summary['heldout_loss']:.4f}, "
+        f"peak memory {summary.get('peak_memory_gb')} GiB (rank 0), wall {summary['wall_time_s']} s"
+    )
     return True
 
 
@@ -49,21 +60,52 @@ def main():
     import torch
 
     if not torch.cuda.is_available():
-        sys.exit("gpu_smoke.py needs a CUDA GPU (torch.cuda.is_available() is False); the CPU paths are "
-                 "covered by tests/test_distributed.py")
+        sys.exit(
+            "gpu_smoke.py needs a CUDA GPU (torch.cuda.is_available() is False); the CPU paths are "
+            "covered by tests/test_distributed.py"
+        )
     n = min(torch.cuda.device_count(), 2)
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    common = [f"max_steps={a.steps}", "dtype=bfloat16", "save_steps=0", "logging_steps=1", "clean_loss_steps=5",
-              "report_to=[jsonl]", "warmup_ratio=0.2"]
-    acc = ["-m", "accelerate.commands.launch", "--num_machines", "1", "--dynamo_backend", "no", "--mixed_precision", "no"]
+    common = [
+        f"max_steps={a.steps}",
+        "dtype=bfloat16",
+        "save_steps=0",
+        "logging_steps=1",
+        "clean_loss_steps=5",
+        "report_to=[jsonl]",
+        "warmup_ratio=0.2",
+    ]
+    acc = [
+        "-m",
+        "accelerate.commands.launch",
+        "--num_machines",
+        "1",
+        "--dynamo_backend",
+        "no",
+        "--mixed_precision",
+        "no",
+    ]
     ok = {"bf16-1gpu": run("bf16-1gpu", [], common, a.out, env)}
     if n >= 2:
         ok["ddp-2gpu"] = run("ddp-2gpu", [*acc, "--multi_gpu", "--num_processes", "2"], common, a.out, env)
     else:
         print("\n=== ddp-2gpu: skipped (one GPU)")
-    fsdp = [*acc, "--num_processes", str(n), "--use_fsdp", "--fsdp_version", "2", "--fsdp_auto_wrap_policy",
-            "TRANSFORMER_BASED_WRAP", "--fsdp_transformer_layer_cls_to_wrap", a.layer_cls,
-            "--fsdp_state_dict_type", "FULL_STATE_DICT", "--fsdp_reshard_after_forward", "true"]
+    fsdp = [
+        *acc,
+        "--num_processes",
+        str(n),
+        "--use_fsdp",
+        "--fsdp_version",
+        "2",
+        "--fsdp_auto_wrap_policy",
+        "TRANSFORMER_BASED_WRAP",
+        "--fsdp_transformer_layer_cls_to_wrap",
+        a.layer_cls,
+        "--fsdp_state_dict_type",
+        "FULL_STATE_DICT",
+        "--fsdp_reshard_after_forward",
+        "true",
+    ]
     ok[f"fsdp-{n}gpu"] = run(f"fsdp-{n}gpu", fsdp, [*common, "lora.r=0"], a.out, env)
     print("\n" + "  ".join(f"{k}: {'ok' if v else 'FAILED'}" for k, v in ok.items()))
     sys.exit(0 if all(ok.values()) else 1)

@@ -1,4 +1,5 @@
 """neftune: instruction finetuning with NEFTune noise done right, with the paper's evaluation built in."""
+
 from .noise import NEFTune, activate, neftune_noise, sequence_energy
 
 __version__ = "0.1.0"

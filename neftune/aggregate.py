@@ -5,6 +5,7 @@
 t-interval over seeds per variant, the alpha selection and the data-size curve. It loads no model and
 runs no judge, so it can be rerun (and extended with new statistics) on a finished sweep.
 """
+
 from __future__ import annotations
 
 import math
@@ -91,8 +92,10 @@ def variants_of(cfg: Config) -> list[dict]:
     for v in cfg.compare.variants:
         name = str(v.get("name", ""))
         if not SAFE_NAME.match(name) or name in seen:
-            raise ConfigError(f"compare.variants: name {name!r} must be unique, not 'baseline', and use only "
-                              "letters, digits, '.', '_', '-'")
+            raise ConfigError(
+                f"compare.variants: name {name!r} must be unique, not 'baseline', and use only "
+                "letters, digits, '.', '_', '-'"
+            )
         seen.add(name)
         out.append(dict(v))
     if not cfg.compare.seeds:
@@ -122,14 +125,28 @@ def variant_row(sweep: Path, variant: dict, seeds: list[int], sets: list[str], f
         run = rundir.sweep_run_dir(sweep, rundir.run_name(variant["name"], s, fraction))
         if not rundir.is_finished(run) or not rundir.results_path(run).exists():
             raise NeftuneError(f"{run}: not trained and evaluated yet; run `neftune compare` with this sweep's config")
-        runs.append({"seed": s, "dir": str(run.relative_to(sweep)), "cfg": rundir.read_config(run),
-                     "n_train": rundir.read_summary(run).get("n_train"), "values": run_values(run, sets)})
+        runs.append(
+            {
+                "seed": s,
+                "dir": str(run.relative_to(sweep)),
+                "cfg": rundir.read_config(run),
+                "n_train": rundir.read_summary(run).get("n_train"),
+                "values": run_values(run, sets),
+            }
+        )
     rc, keys = runs[0]["cfg"], metric_keys(sets)
-    return {"name": variant["name"], "alpha": rc.neftune_noise_alpha, "distribution": rc.neftune_distribution,
-            "fraction": fraction or 1.0, "n_train": runs[0]["n_train"],
-            "seeds": [r["seed"] for r in runs], "runs": [r["dir"] for r in runs],
-            "metrics": {k: {"values": [r["values"][k] for r in runs], **seed_stats([r["values"][k] for r in runs])}
-                        for k in keys}}
+    return {
+        "name": variant["name"],
+        "alpha": rc.neftune_noise_alpha,
+        "distribution": rc.neftune_distribution,
+        "fraction": fraction or 1.0,
+        "n_train": runs[0]["n_train"],
+        "seeds": [r["seed"] for r in runs],
+        "runs": [r["dir"] for r in runs],
+        "metrics": {
+            k: {"values": [r["values"][k] for r in runs], **seed_stats([r["values"][k] for r in runs])} for k in keys
+        },
+    }
 
 
 def aggregate(sweep, cfg: Config, with_fractions: bool = True, n_boot: int = 2000) -> dict:
@@ -159,12 +176,24 @@ def aggregate(sweep, cfg: Config, with_fractions: bool = True, n_boot: int = 200
             frac_rows += fr
         for r in frac_rows + [r for r in rows if r["name"] in study]:
             if r["name"] != "baseline":
-                curve.append({"name": r["name"], "fraction": r["fraction"], "n_train": r["n_train"], "paired": r["paired"]})
+                curve.append(
+                    {"name": r["name"], "fraction": r["fraction"], "n_train": r["n_train"], "paired": r["paired"]}
+                )
         curve.sort(key=lambda c: (c["name"], c["fraction"]))
     keys = metric_keys(sets)
-    return {"sweep_dir": str(sweep), "sets": sets, "main_set": main_set, "seeds": seeds,
-            "metrics": {k: {"label": metric_spec(k)[0], "source": metric_spec(k)[1], "better": metric_spec(k)[3]}
-                        for k in keys},
-            "rows": rows, "fraction_rows": frac_rows, "data_study": study, "data_curve": curve,
-            "selection": selection, "judge_notes": paired.judge_notes(runs, sets),
-            "skipped_fractions": bool(fractions) and not study}
+    return {
+        "sweep_dir": str(sweep),
+        "sets": sets,
+        "main_set": main_set,
+        "seeds": seeds,
+        "metrics": {
+            k: {"label": metric_spec(k)[0], "source": metric_spec(k)[1], "better": metric_spec(k)[3]} for k in keys
+        },
+        "rows": rows,
+        "fraction_rows": frac_rows,
+        "data_study": study,
+        "data_curve": curve,
+        "selection": selection,
+        "judge_notes": paired.judge_notes(runs, sets),
+        "skipped_fractions": bool(fractions) and not study,
+    }

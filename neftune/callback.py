@@ -16,6 +16,7 @@ TensorBoard/W&B, which would already have written the logs without its statistic
 its hooks and the patched `generate` if training raises (the Trainer calls on_train_end only on
 success).
 """
+
 from __future__ import annotations
 
 import functools
@@ -30,8 +31,9 @@ from .noise import NEFTune, activate
 
 
 class NEFTuneCallback(TrainerCallback):
-    def __init__(self, alpha: float = 5.0, distribution: str = "uniform", seed: Optional[int] = None,
-                 placement: str = "all"):
+    def __init__(
+        self, alpha: float = 5.0, distribution: str = "uniform", seed: Optional[int] = None, placement: str = "all"
+    ):
         self.alpha, self.distribution, self.seed, self.placement = alpha, distribution, seed, placement
         self.handle: Optional[NEFTune] = None
 
@@ -40,20 +42,26 @@ class NEFTuneCallback(TrainerCallback):
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         if getattr(args, "neftune_noise_alpha", None):
-            raise ValueError("NEFTuneCallback replaces transformers' NEFTune: set neftune_noise_alpha=None "
-                             "in the training arguments (both would stack noise)")
+            raise ValueError(
+                "NEFTuneCallback replaces transformers' NEFTune: set neftune_noise_alpha=None "
+                "in the training arguments (both would stack noise)"
+            )
         self._remove()  # a previous train() that raised before our cleanup could run
         trainer = _calling_trainer()
         if trainer is None:
-            warnings.warn("NEFTuneCallback: no Trainer found calling it; its statistics reach log_history but "
-                          "maybe not the reporters, and hooks stay if training raises", stacklevel=2)
+            warnings.warn(
+                "NEFTuneCallback: no Trainer found calling it; its statistics reach log_history but "
+                "maybe not the reporters, and hooks stay if training raises",
+                stacklevel=2,
+            )
         self._attach(trainer, wrap=("training_step",))  # also when added by add_callback after __init__
         gen = None
         if self.seed is not None:
             device = next(model.parameters()).device
             gen = torch.Generator(device=device).manual_seed(self.seed + getattr(args, "process_index", 0))
-        self.handle = activate(model, self.alpha, distribution=self.distribution, generator=gen,
-                               placement=self.placement)  # prompt/response: from the labels the Trainer passes
+        self.handle = activate(
+            model, self.alpha, distribution=self.distribution, generator=gen, placement=self.placement
+        )  # prompt/response: from the labels the Trainer passes
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if self.handle is not None and logs is not None:

@@ -16,6 +16,7 @@ The wall time of this invocation is split by stage, printed at the end and saved
 (`wall_time`). Install time happens before the process starts and cannot be measured from inside; a
 caller that timed it may pass it in the NEFTUNE_INSTALL_SECONDS environment variable.
 """
+
 from __future__ import annotations
 
 import copy
@@ -42,8 +43,9 @@ STAGES = ("conversion", "training", "generation", "judging", "report")
 
 
 # ----------------------------------------------------------------------------- run configs
-def run_config(cfg: Config, variant: dict, seed: int, out_dir: Path, n_train: int | None = None,
-               fraction: float | None = None) -> Config:
+def run_config(
+    cfg: Config, variant: dict, seed: int, out_dir: Path, n_train: int | None = None, fraction: float | None = None
+) -> Config:
     """The sweep config + the variant's overrides, this seed, this dir (and the data fraction)."""
     rc = variant_config(cfg, variant)
     rc.seed = int(seed)
@@ -64,8 +66,10 @@ def _check_same_training(rc: Config, run_dir: Path):
     old, new = training_identity(rundir.read_config(run_dir)), training_identity(rc)
     diff = [k for k in new if old.get(k) != new[k]]
     if diff:
-        raise NeftuneError(f"{run_dir} was trained with a different config ({', '.join(diff)} differ); "
-                           "use a new output_dir or delete that run dir to retrain it")
+        raise NeftuneError(
+            f"{run_dir} was trained with a different config ({', '.join(diff)} differ); "
+            "use a new output_dir or delete that run dir to retrain it"
+        )
 
 
 # ----------------------------------------------------------------------------- progress and time
@@ -99,19 +103,26 @@ class StageClock:
             install_s = round(float(install), 1) if install else None
         except ValueError:
             install_s = None
-        return {"stages_s": {k: round(v, 2) for k, v in self.seconds.items()}, "total_s": round(total, 2),
-                "other_s": round(total - sum(self.seconds.values()), 2), "install_s": install_s,
-                "note": "this invocation only (reused stages cost ~0); conversion = embedded model GGUF->safetensors "
-                        "(building the embedded ShareGPT set falls in training); generation includes the single-model "
-                        "metrics; install happens before the process and is only known from NEFTUNE_INSTALL_SECONDS"}
+        return {
+            "stages_s": {k: round(v, 2) for k, v in self.seconds.items()},
+            "total_s": round(total, 2),
+            "other_s": round(total - sum(self.seconds.values()), 2),
+            "install_s": install_s,
+            "note": "this invocation only (reused stages cost ~0); conversion = embedded model GGUF->safetensors "
+            "(building the embedded ShareGPT set falls in training); generation includes the single-model "
+            "metrics; install happens before the process and is only known from NEFTUNE_INSTALL_SECONDS",
+        }
 
 
 def print_split(split: dict) -> None:
     total = split["total_s"] or 1e-9
     parts = [f"{k} {v:.1f}s ({100 * v / total:.0f}%)" for k, v in split["stages_s"].items()]
     parts.append(f"other {split['other_s']:.1f}s")
-    install = f"; install {split['install_s']:.1f}s (before the run)" if split["install_s"] is not None else \
-        "; install: not measured (set NEFTUNE_INSTALL_SECONDS)"
+    install = (
+        f"; install {split['install_s']:.1f}s (before the run)"
+        if split["install_s"] is not None
+        else "; install: not measured (set NEFTUNE_INSTALL_SECONDS)"
+    )
     print(f"[compare] wall time {split['total_s']:.1f}s: " + ", ".join(parts) + install, flush=True)
 
 
@@ -130,8 +141,13 @@ def train_run(rc: Config, prog: _Progress, name: str) -> dict:
     if latest is not None:
         rc = copy.deepcopy(rc)
         rc.resume_from_checkpoint = "latest"
-    prog("train", name, f"(alpha={rc.neftune_noise_alpha:g} {rc.neftune_distribution}, seed {rc.seed}"
-         + (f", resuming from {latest.name}" if latest is not None else "") + ")")
+    prog(
+        "train",
+        name,
+        f"(alpha={rc.neftune_noise_alpha:g} {rc.neftune_distribution}, seed {rc.seed}"
+        + (f", resuming from {latest.name}" if latest is not None else "")
+        + ")",
+    )
     return train(rc)
 
 
@@ -155,14 +171,23 @@ def judge_run(rc: Config, prog: _Progress, name: str, against: Path | None) -> d
     return write_results(rc, rc.output_dir, against, rundir.read_json(rundir.scores_path(rc.output_dir)), judgments)
 
 
-def run_grid(cfg: Config, variants: list[dict], seeds: list[int], prog: _Progress, clock: StageClock,
-             fraction: float | None = None, n_train: int | None = None) -> list[dict]:
+def run_grid(
+    cfg: Config,
+    variants: list[dict],
+    seeds: list[int],
+    prog: _Progress,
+    clock: StageClock,
+    fraction: float | None = None,
+    n_train: int | None = None,
+) -> list[dict]:
     """train all -> generate all -> judge all, for these variants x seeds (baseline first). Returns where and
     when each train/generate job ran (neftune.launch.run_jobs)."""
     sweep = Path(cfg.output_dir)
     runs = [(v, s, rundir.run_name(v["name"], s, fraction)) for v in variants for s in seeds]
-    cfgs = {name: run_config(cfg, v, s, rundir.sweep_run_dir(sweep, name), n_train=n_train, fraction=fraction)
-            for v, s, name in runs}
+    cfgs = {
+        name: run_config(cfg, v, s, rundir.sweep_run_dir(sweep, name), n_train=n_train, fraction=fraction)
+        for v, s, name in runs
+    }
     jobs = [Job(name, cfgs[name]) for _, _, name in runs]
     with clock("training"):  # independent runs: serially or concurrently (compare.launcher)
         launched = run_jobs("train", train_run, jobs, cfg.compare, prog)
@@ -170,7 +195,11 @@ def run_grid(cfg: Config, variants: list[dict], seeds: list[int], prog: _Progres
         launched += run_jobs("generate", generate_run, jobs, cfg.compare, prog)
     with clock("judging"):
         for v, s, name in runs:
-            base = None if v["name"] == "baseline" else rundir.sweep_run_dir(sweep, rundir.run_name("baseline", s, fraction))
+            base = (
+                None
+                if v["name"] == "baseline"
+                else rundir.sweep_run_dir(sweep, rundir.run_name("baseline", s, fraction))
+            )
             judge_run(cfgs[name], prog, name, base)
     return launched
 
@@ -180,8 +209,10 @@ def _check_sweep(cfg: Config, variants: list[dict], seeds: list[int]) -> None:
     """Fail before anything is trained or written: bad selection keys, or an existing run trained differently."""
     for opt in ("select_by", "tie_break"):
         if getattr(cfg.compare, opt) not in list(PER_SET) + list(PER_RUN):
-            raise ConfigError(f"compare.{opt}: {getattr(cfg.compare, opt)!r} is not a table metric; use lc_win_rate, "
-                              "win_rate or heldout_loss (or another of " + ", ".join(list(PER_SET) + list(PER_RUN)) + ")")
+            raise ConfigError(
+                f"compare.{opt}: {getattr(cfg.compare, opt)!r} is not a table metric; use lc_win_rate, "
+                "win_rate or heldout_loss (or another of " + ", ".join(list(PER_SET) + list(PER_RUN)) + ")"
+            )
     sweep = Path(cfg.output_dir)
     for v in variants:
         for s in seeds:
@@ -229,7 +260,9 @@ def compare(cfg: Config) -> dict:
     table["wall_time"] = clock.split()  # compare.json: the whole report stage included
     table["launch"] = {"launcher": cfg.compare.launcher, "workers": cfg.compare.workers, "jobs": launched}
     rundir.write_json(rundir.compare_path(sweep), table)
-    print(f"[compare] table: {rundir.compare_path(sweep)}\n[compare] report: {index} (and {index.parent / 'report.md'})",
-          flush=True)
+    print(
+        f"[compare] table: {rundir.compare_path(sweep)}\n[compare] report: {index} (and {index.parent / 'report.md'})",
+        flush=True,
+    )
     print_split(table["wall_time"])
     return table

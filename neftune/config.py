@@ -237,7 +237,6 @@ class Config:
     """Sweep options (`neftune compare`)."""
 
 
-
 # --------------------------------------------------------------------------- docstrings -> help
 def field_docs(cls) -> dict[str, str]:
     """Attribute docstrings of a dataclass: the string literal right after each field."""
@@ -463,8 +462,10 @@ def _check_launcher(cc: CompareConfig) -> None:
     if cc.launcher == "ray" and importlib.util.find_spec("ray") is None:
         raise ConfigError("compare.launcher: ray is not installed; pip install 'neftune[ray]' (or use launcher=serial)")
     if cc.ray_address is not None and cc.launcher != "ray":
-        raise ConfigError(f"compare.ray_address is set ({cc.ray_address!r}) but compare.launcher is {cc.launcher!r}; "
-                          "set compare.launcher=ray to use the cluster")
+        raise ConfigError(
+            f"compare.ray_address is set ({cc.ray_address!r}) but compare.launcher is {cc.launcher!r}; "
+            "set compare.launcher=ray to use the cluster"
+        )
 
 
 def _check_scheduler(name: str) -> None:

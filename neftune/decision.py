@@ -7,14 +7,22 @@ the step-paired clean loss of the last epoch for train_loss/clean_loss; and so o
 per-item data for it (results written before the per-item contract), the per-run values are used, one
 item per seed, and the sentence says so.
 """
+
 from __future__ import annotations
 
 from . import paired, stats
 
 # select_by -> item metric key ("{main}" = the main eval set)
-SELECT_ITEMS = {"heldout_loss": "heldout_nll", "avg_chars": "{main}.chars", "diversity": "{main}.diversity",
-                "rouge_l": "overlap_rouge_l", "bleu": "overlap_bleu", "capability": "capability",
-                "train_loss": "clean_loss_last_epoch", "clean_loss": "clean_loss_last_epoch"}
+SELECT_ITEMS = {
+    "heldout_loss": "heldout_nll",
+    "avg_chars": "{main}.chars",
+    "diversity": "{main}.diversity",
+    "rouge_l": "overlap_rouge_l",
+    "bleu": "overlap_bleu",
+    "capability": "capability",
+    "train_loss": "clean_loss_last_epoch",
+    "clean_loss": "clean_loss_last_epoch",
+}
 # a bootstrap over fewer seeds than this, one value each, spans only the observed values: no honest interval
 MIN_SEEDS_PER_RUN = 3
 UNITS = {"heldout_nll": "nats", "clean_loss_last_epoch": "nats", "overlap_bleu": "BLEU points"}
@@ -29,8 +37,15 @@ def _candidates(select_by: str, runs: paired.Runs, main: str) -> list[str]:
 def _unit(key: str) -> str:
     if ".win_rate." in key:
         return "points"
-    return UNITS.get(key) or ("similarity" if ".margin." in key else "tokens" if key.endswith("tokens")
-                              else "chars" if key.endswith("chars") else "(metric units)")
+    return UNITS.get(key) or (
+        "similarity"
+        if ".margin." in key
+        else "tokens"
+        if key.endswith("tokens")
+        else "chars"
+        if key.endswith("chars")
+        else "(metric units)"
+    )
 
 
 def selection_data(runs: paired.Runs, rows: list[dict], cfg, sets: list[str], main: str):
@@ -47,12 +62,17 @@ def selection_data(runs: paired.Runs, rows: list[dict], cfg, sets: list[str], ma
 
     for sel in (cfg.compare.select_by, "heldout_loss"):  # per-run values, one per seed
         tkey = sel if sel in PER_RUN else f"{main}.{sel}"
-        arr = {r["name"]: {s: [v] for s, v in zip(r["seeds"], r["metrics"].get(tkey, {}).get("values", []))}
-               for r in rows}
+        arr = {
+            r["name"]: {s: [v] for s, v in zip(r["seeds"], r["metrics"].get(tkey, {}).get("values", []))} for r in rows
+        }
         if any(v[0] is not None for n in names for v in arr[n].values()):
             base = 50.0 if "win_rate" in tkey else arr["baseline"]
-            spec = {"label": f"{tkey} (per run: one value per seed, no per-item data)", "items": "runs",
-                    "better": metric_spec(tkey)[3], "target": 5.0 if "win_rate" in tkey else 0.05}
+            spec = {
+                "label": f"{tkey} (per run: one value per seed, no per-item data)",
+                "items": "runs",
+                "better": metric_spec(tkey)[3],
+                "target": 5.0 if "win_rate" in tkey else 0.05,
+            }
             return tkey, spec, arr, base
     return None
 
@@ -66,21 +86,41 @@ def decide_variant(runs: paired.Runs, rows: list[dict], cfg, sets: list[str], ma
         return {"chosen": None, "statement": "no variant has a value to select on", "metric": None, "results": {}}
     key, spec, arr, base = data
     higher = (spec["better"] or "higher") == "higher"
-    variants = {n: arr[n] for n in by if n != "baseline" and any(v is not None for vs in arr.get(n, {}).values()
-                                                                   for v in vs)}
+    variants = {
+        n: arr[n] for n in by if n != "baseline" and any(v is not None for vs in arr.get(n, {}).values() for v in vs)
+    }
     n_seeds = len(cfg.compare.seeds)
     if spec["items"] == "runs" and n_seeds < MIN_SEEDS_PER_RUN:
         return _too_few(variants, base, spec, key, n_seeds, higher, by)
-    d = stats.decide(variants, base, metric=spec["label"], higher_is_better=higher, target=spec["target"],
-                     unit=_unit(key), n_boot=n_boot, items=spec["items"])
+    d = stats.decide(
+        variants,
+        base,
+        metric=spec["label"],
+        higher_is_better=higher,
+        target=spec["target"],
+        unit=_unit(key),
+        n_boot=n_boot,
+        items=spec["items"],
+    )
     sign = 1.0 if higher else -1.0
-    ranked = sorted((n for n, r in d["results"].items() if r["diff"] is not None),
-                    key=lambda n: sign * d["results"][n]["diff"], reverse=True)
+    ranked = sorted(
+        (n for n, r in d["results"].items() if r["diff"] is not None),
+        key=lambda n: sign * d["results"][n]["diff"],
+        reverse=True,
+    )
     out = {k: d[k] for k in ("chosen", "rule", "worse", "mde", "design")}
-    out.update(statement=d["statement"] + ".", metric=spec["label"], metric_key=key, select_by=cfg.compare.select_by,
-               better="higher" if higher else "lower", ranked=ranked,
-               results={n: {k: r[k] for k in ("diff", "ci", "method", "n_seeds", "n_items", "n_dropped")}
-                        for n, r in d["results"].items()})
+    out.update(
+        statement=d["statement"] + ".",
+        metric=spec["label"],
+        metric_key=key,
+        select_by=cfg.compare.select_by,
+        better="higher" if higher else "lower",
+        ranked=ranked,
+        results={
+            n: {k: r[k] for k in ("diff", "ci", "method", "n_seeds", "n_items", "n_dropped")}
+            for n, r in d["results"].items()
+        },
+    )
     if out["chosen"]:
         out.update(alpha=by[out["chosen"]]["alpha"], distribution=by[out["chosen"]]["distribution"])
     out.update(_runner_up(variants, ranked, n_boot, spec["items"]))
@@ -91,35 +131,72 @@ def decide_variant(runs: paired.Runs, rows: list[dict], cfg, sets: list[str], ma
 
 def _too_few(variants: dict, base, spec: dict, key: str, n_seeds: int, higher: bool, by: dict) -> dict:
     """Per-run data only, and too few seeds for an interval: no claim, and the point ranking for the data study."""
-    diff = {n: stats.per_run_difference({s: v[0] for s, v in m.items()},
-                                        base if isinstance(base, float) else {s: v[0] for s, v in base.items()})["diff"]
-            for n, m in variants.items()}
-    ranked = sorted((n for n in diff if diff[n] is not None), key=lambda n: diff[n] * (1 if higher else -1), reverse=True)
-    stmt = (f"no variant is distinguishable from the baseline at this size: {spec['label']} has one value per run "
-            f"and {n_seeds} seed(s), too few for an interval (at least {MIN_SEEDS_PER_RUN} needed), so the smallest "
-            "difference this design can detect cannot be estimated.")
-    return {"chosen": None, "statement": stmt, "metric": spec["label"], "metric_key": key, "rule": "no interval",
-            "select_by": key, "better": "higher" if higher else "lower", "ranked": ranked, "worse": [], "mde": None,
-            "design": None, "results": {n: {"diff": d, "ci": None, "method": "no interval: too few seeds"}
-                                        for n, d in diff.items()},
-            "runner_up": None, "runner_up_margin": None, "runner_up_distinguishable": None}
+    diff = {
+        n: stats.per_run_difference(
+            {s: v[0] for s, v in m.items()}, base if isinstance(base, float) else {s: v[0] for s, v in base.items()}
+        )["diff"]
+        for n, m in variants.items()
+    }
+    ranked = sorted(
+        (n for n in diff if diff[n] is not None), key=lambda n: diff[n] * (1 if higher else -1), reverse=True
+    )
+    stmt = (
+        f"no variant is distinguishable from the baseline at this size: {spec['label']} has one value per run "
+        f"and {n_seeds} seed(s), too few for an interval (at least {MIN_SEEDS_PER_RUN} needed), so the smallest "
+        "difference this design can detect cannot be estimated."
+    )
+    return {
+        "chosen": None,
+        "statement": stmt,
+        "metric": spec["label"],
+        "metric_key": key,
+        "rule": "no interval",
+        "select_by": key,
+        "better": "higher" if higher else "lower",
+        "ranked": ranked,
+        "worse": [],
+        "mde": None,
+        "design": None,
+        "results": {n: {"diff": d, "ci": None, "method": "no interval: too few seeds"} for n, d in diff.items()},
+        "runner_up": None,
+        "runner_up_margin": None,
+        "runner_up_distinguishable": None,
+    }
 
 
 def _runner_up(variants: dict, ranked: list[str], n_boot: int, items: str) -> dict:
     """The margin best − runner-up (by point difference), a paired difference with the same interval."""
     if len(ranked) < 2:
-        return {"runner_up": None, "runner_up_margin": None, "runner_up_distinguishable": None,
-                "runner_up_sentence": "Only one variant has data: there is no runner-up."}
+        return {
+            "runner_up": None,
+            "runner_up_margin": None,
+            "runner_up_distinguishable": None,
+            "runner_up_sentence": "Only one variant has data: there is no runner-up.",
+        }
     top, ru = ranked[:2]
     m = stats.paired_difference(variants[top], variants[ru], n_boot=n_boot, items=items)
     if m["diff"] is None:
-        return {"runner_up": ru, "runner_up_margin": None, "runner_up_distinguishable": None, "runner_up_sentence": None}
+        return {
+            "runner_up": ru,
+            "runner_up_margin": None,
+            "runner_up_distinguishable": None,
+            "runner_up_sentence": None,
+        }
     dist = bool(m["ci"][0] > 0 or m["ci"][1] < 0)
-    text = (f"Runner-up {ru}: {top} − {ru} = {m['diff']:+.3g} [{m['ci'][0]:+.3g}, {m['ci'][1]:+.3g}] ({m['method']}); "
-            + ("the interval excludes 0, so the two are distinguishable." if dist
-               else "the interval includes 0, so the two are not distinguishable."))
-    return {"runner_up": ru, "runner_up_margin": {"diff": m["diff"], "ci": m["ci"], "method": m["method"]},
-            "runner_up_distinguishable": dist, "runner_up_sentence": text}
+    text = (
+        f"Runner-up {ru}: {top} − {ru} = {m['diff']:+.3g} [{m['ci'][0]:+.3g}, {m['ci'][1]:+.3g}] ({m['method']}); "
+        + (
+            "the interval excludes 0, so the two are distinguishable."
+            if dist
+            else "the interval includes 0, so the two are not distinguishable."
+        )
+    )
+    return {
+        "runner_up": ru,
+        "runner_up_margin": {"diff": m["diff"], "ci": m["ci"], "method": m["method"]},
+        "runner_up_distinguishable": dist,
+        "runner_up_sentence": text,
+    }
 
 
 def study_names(selection: dict, rows: list[dict]) -> list[str]:

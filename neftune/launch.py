@@ -10,6 +10,7 @@ another launcher. Across nodes the sweep dir must be on a shared filesystem.
 
 Ray is imported only when it is selected.
 """
+
 from __future__ import annotations
 
 import os
@@ -53,8 +54,15 @@ def _timed(what: str, fn: StageFn, job: Job, prog) -> dict:
     start = time.time()
     fn(job.cfg, prog, job.name)
     end = time.time()
-    return {"stage": what, "run": job.name, "host": socket.gethostname(), "pid": os.getpid(),
-            "start": start, "end": end, "seconds": round(end - start, 3)}
+    return {
+        "stage": what,
+        "run": job.name,
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "start": start,
+        "end": end,
+        "seconds": round(end - start, 3),
+    }
 
 
 def _in_task(what: str, fn: StageFn, job: Job, threads: int) -> dict:

@@ -11,6 +11,7 @@ which would run the 262k-wide matmul a third time.
 Backward multiplies the stored gradients by the incoming scalar grad_output, which is exact because
 the loss is a sum over rows (the gradient of a sum is linear in grad_output).
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -37,7 +38,7 @@ class _ChunkedCE(torch.autograd.Function):
         grad_p = [torch.zeros_like(p) for p in wanted]
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         for s in range(0, hidden.shape[0], chunk_size):
-            h, y = hidden[s:s + chunk_size], labels[s:s + chunk_size]
+            h, y = hidden[s : s + chunk_size], labels[s : s + chunk_size]
             if not (needs_h or wanted):
                 total += _chunk_loss(head, transform, h, y)
                 continue
@@ -47,8 +48,8 @@ class _ChunkedCE(torch.autograd.Function):
                 grads = torch.autograd.grad(loss, ([h] if needs_h else []) + wanted)
             total += loss.detach()
             if needs_h:
-                grad_h[s:s + chunk_size] = grads[0]
-            for acc, g in zip(grad_p, grads[int(needs_h):]):
+                grad_h[s : s + chunk_size] = grads[0]
+            for acc, g in zip(grad_p, grads[int(needs_h) :]):
                 acc += g
         ctx.save_for_backward(*([grad_h] if needs_h else []), *grad_p)
         ctx.layout = (needs_h, list(ctx.needs_input_grad[5:]))
@@ -63,8 +64,13 @@ class _ChunkedCE(torch.autograd.Function):
         return (grad_h, None, None, None, None, *grad_params)
 
 
-def chunked_cross_entropy(hidden: torch.Tensor, head: torch.nn.Module, labels: torch.Tensor,
-                          transform: Transform = None, chunk_size: int = 128) -> tuple[torch.Tensor, int]:
+def chunked_cross_entropy(
+    hidden: torch.Tensor,
+    head: torch.nn.Module,
+    labels: torch.Tensor,
+    transform: Transform = None,
+    chunk_size: int = 128,
+) -> tuple[torch.Tensor, int]:
     """Sum of the cross-entropy of `transform(head(hidden))` against `labels`, `chunk_size` rows at a time.
 
     hidden: (N, d) hidden states at supervised positions; labels: (N,) next-token ids (no -100 here:

@@ -6,11 +6,12 @@ are pure waste. We run the decoder backbone, gather the hidden states whose *nex
 supervised, and apply the output head (and Gemma's logit soft-capping, if any) to those alone.
 The result equals the model's own mean-token cross-entropy (tests compare).
 """
+
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Optional
 
 import torch
@@ -149,8 +150,10 @@ def check_loss_transform(model, seq_len: int = 8, tol: float = 1e-2):
     finally:
         model.train(was_training)
     if not abs(ours - theirs) <= tol * max(1.0, abs(theirs)):
-        raise NeftuneError(f"{type(base).__name__}: the supervised-positions loss ({ours:.6f}) differs from the "
-                           f"model's own loss ({theirs:.6f}): unsupported logit transform in this model family")
+        raise NeftuneError(
+            f"{type(base).__name__}: the supervised-positions loss ({ours:.6f}) differs from the "
+            f"model's own loss ({theirs:.6f}): unsupported logit transform in this model family"
+        )
 
 
 @torch.no_grad()
@@ -165,14 +168,14 @@ def heldout_loss(model, examples, batch_size, pad_token_id, max_length, loss_fn=
     model.eval()
     total, n = 0.0, 0
     device = next(model.parameters()).device
-    for batch in make_batches(examples, batch_size, packing=False, max_length=max_length,
-                              pad_token_id=pad_token_id, seed=0, epoch=0):
+    for batch in make_batches(
+        examples, batch_size, packing=False, max_length=max_length, pad_token_id=pad_token_id, seed=0, epoch=0
+    ):
         b = {k: v.to(device) for k, v in batch.items()}
         loss, k = loss_fn(b) if loss_fn is not None else supervised_loss(model, b, reduction="sum")
         total, n = total + float(loss), n + int(k)
     model.train(was_training)
     return total / max(n, 1)
-
 
 
 @torch.no_grad()
@@ -192,15 +195,19 @@ def per_example_loss(model, examples, batch_size, pad_token_id) -> list[tuple[fl
     out: list[tuple[float, int]] = []
     try:
         for start in range(0, len(examples), bs):
-            chunk = examples[start:start + bs]
+            chunk = examples[start : start + bs]
             b = {k: v.to(device) for k, v in _padded(chunk, pad).items()}
-            hidden = backbone(input_ids=b["input_ids"], attention_mask=b["attention_mask"], use_cache=False).last_hidden_state
+            hidden = backbone(
+                input_ids=b["input_ids"], attention_mask=b["attention_mask"], use_cache=False
+            ).last_hidden_state
             labels = b["labels"][:, 1:]
             keep = labels != -100
             nll = F.cross_entropy(transform(head(hidden[:, :-1][keep])).float(), labels[keep], reduction="none")
             sums = torch.zeros(len(chunk), device=device).index_add_(0, torch.nonzero(keep)[:, 0], nll)
             counts = keep.sum(dim=1)
-            out += [(float(sums[r] / counts[r]) if counts[r] else float("nan"), int(counts[r])) for r in range(len(chunk))]
+            out += [
+                (float(sums[r] / counts[r]) if counts[r] else float("nan"), int(counts[r])) for r in range(len(chunk))
+            ]
     finally:
         model.train(was_training)
     return out

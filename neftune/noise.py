@@ -33,6 +33,7 @@ document, zero on padding, train mode only, energy alpha^2/3 in expectation):
   labels), L counted over the noised tokens of each sequence / packed document, so the energy of
   each document's noised part is still alpha^2/3 (NEFTune issue #15 asks this question).
 """
+
 from __future__ import annotations
 
 import math
@@ -101,9 +102,16 @@ def placement_mask(labels: torch.Tensor, placement: str) -> Optional[torch.Tenso
     return labels != -100 if placement == "response" else labels == -100
 
 
-def neftune_noise(embeds: torch.Tensor, alpha: float, *, attention_mask=None, position_ids=None,
-                  distribution: str = "uniform", generator: Optional[torch.Generator] = None,
-                  token_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+def neftune_noise(
+    embeds: torch.Tensor,
+    alpha: float,
+    *,
+    attention_mask=None,
+    position_ids=None,
+    distribution: str = "uniform",
+    generator: Optional[torch.Generator] = None,
+    token_mask: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
     """The noise to add to `embeds` (B×T×d): U(-1,1)·alpha/sqrt(L·d) per sequence (see module doc).
 
     distribution="gaussian" is the paper's ablation: N(0, sigma^2) with sigma = alpha/sqrt(3·L·d),
@@ -201,8 +209,16 @@ class NEFTune:
       (mean/min/max) and the noise-to-token-norm ratio, accumulated since the last call.
     """
 
-    def __init__(self, model, alpha: float, *, distribution: str = "uniform",
-                 generator: Optional[torch.Generator] = None, track_stats: bool = True, placement: str = "all"):
+    def __init__(
+        self,
+        model,
+        alpha: float,
+        *,
+        distribution: str = "uniform",
+        generator: Optional[torch.Generator] = None,
+        track_stats: bool = True,
+        placement: str = "all",
+    ):
         self.alpha = _check_alpha(alpha)
         if distribution not in DISTRIBUTIONS:
             raise ValueError(f"distribution must be one of {DISTRIBUTIONS}, got {distribution!r}")
@@ -216,8 +232,10 @@ class NEFTune:
         for h in self.embedding._forward_hooks.values():
             name = getattr(h, "__name__", "")
             if "neftune" in name and not isinstance(getattr(h, "__self__", None), NEFTune):
-                raise RuntimeError("transformers' own NEFTune hook is active on this model (neftune_noise_alpha "
-                                   "is set on the Trainer): unset it, neftune.activate replaces it")
+                raise RuntimeError(
+                    "transformers' own NEFTune hook is active on this model (neftune_noise_alpha "
+                    "is set on the Trainer): unset it, neftune.activate replaces it"
+                )
         if getattr(self.embedding, "_neftune_handle", None) is not None:
             raise RuntimeError("NEFTune is already active on this model; remove() it first (noise never stacks)")
         self.enabled = True
@@ -261,8 +279,12 @@ class NEFTune:
             labels = self._batch.get("labels")
         if labels is None:  # set_labels(): a caller that runs the backbone directly
             labels, self._next_labels = self._next_labels, None
-        self._batch = {"attention_mask": kwargs.get("attention_mask"), "position_ids": kwargs.get("position_ids"),
-                       "labels": labels, "seen": True}
+        self._batch = {
+            "attention_mask": kwargs.get("attention_mask"),
+            "position_ids": kwargs.get("position_ids"),
+            "labels": labels,
+            "seen": True,
+        }
 
     def _forget(self, module, args, output):
         self._batch = {}
@@ -278,13 +300,21 @@ class NEFTune:
             mask = mask[:, -T:]
         if pos is not None and pos.dim() == 2 and pos.shape[-1] > T:
             pos = pos[:, -T:]
-        unusable = [k for k, v, ok in (("attention_mask", mask, mask is None or tuple(mask.shape) == (B, T)),
-                                       ("position_ids", pos, pos is None or (pos.dim() == 2 and pos.shape[-1] == T)))
-                    if not ok]
+        unusable = [
+            k
+            for k, v, ok in (
+                ("attention_mask", mask, mask is None or tuple(mask.shape) == (B, T)),
+                ("position_ids", pos, pos is None or (pos.dim() == 2 and pos.shape[-1] == T)),
+            )
+            if not ok
+        ]
         if (unusable or not batch.get("seen")) and not self._warned:
             self._warned = True
-            why = f"{', '.join(unusable)} of another shape than the embeddings {B}x{T}" if unusable else \
-                "no forward with the batch's attention_mask/position_ids ran before the embedding"
+            why = (
+                f"{', '.join(unusable)} of another shape than the embeddings {B}x{T}"
+                if unusable
+                else "no forward with the batch's attention_mask/position_ids ran before the embedding"
+            )
             warnings.warn(f"NEFTune: {why}; using L = row length {T} (padding/packing not seen)", stacklevel=3)
         return (None if "attention_mask" in unusable else mask), (None if "position_ids" in unusable else pos)
 
@@ -293,8 +323,10 @@ class NEFTune:
             return None
         if labels is None or tuple(labels.shape) != (B, T):
             got = "no labels" if labels is None else f"labels of shape {tuple(labels.shape)}"
-            raise ValueError(f"NEFTune placement={self.placement!r} needs the batch's labels (B×T = {(B, T)}) to tell "
-                             f"prompt from response tokens, got {got}: pass labels= to the model or call set_labels()")
+            raise ValueError(
+                f"NEFTune placement={self.placement!r} needs the batch's labels (B×T = {(B, T)}) to tell "
+                f"prompt from response tokens, got {got}: pass labels= to the model or call set_labels()"
+            )
         return placement_mask(labels, self.placement)
 
     def _add_noise(self, module, inputs, output):
@@ -306,8 +338,15 @@ class NEFTune:
         B, T = output.shape[:2]
         mask, pos = self._lengths(batch, B, T)
         tmask = self._token_mask(batch.get("labels"), B, T)
-        noise = neftune_noise(output, self.alpha, attention_mask=mask, position_ids=pos,
-                              distribution=self.distribution, generator=self.generator, token_mask=tmask)
+        noise = neftune_noise(
+            output,
+            self.alpha,
+            attention_mask=mask,
+            position_ids=pos,
+            distribution=self.distribution,
+            generator=self.generator,
+            token_mask=tmask,
+        )
         scale = getattr(module, "embed_scale", None)
         if self.track_stats:
             with torch.no_grad():
@@ -326,7 +365,7 @@ class NEFTune:
         valid = _apply_token_mask(valid, tmask)  # energy and norms over the noised tokens only
         tok_sq = noise.float().pow(2).sum(-1) * valid
         energy = _per_document(tok_sq, doc, valid)
-        self._ratios.append((energy / (self.alpha ** 2 / 3)).cpu())
+        self._ratios.append((energy / (self.alpha**2 / 3)).cpu())
         table_sq = output.detach().float().pow(2).sum(-1) * valid
         if scale is not None:
             table_sq = table_sq / float(torch.as_tensor(scale).float()) ** 2
@@ -343,7 +382,9 @@ class NEFTune:
             f"{prefix}noise_energy_ratio_min": float(r.min()),
             f"{prefix}noise_energy_ratio_max": float(r.max()),
             f"{prefix}noise_sequences": int(r.numel()),
-            f"{prefix}noise_to_token_norm": math.sqrt(self._noise_sq / self._token_sq) if self._token_sq > 0 else float("nan"),
+            f"{prefix}noise_to_token_norm": math.sqrt(self._noise_sq / self._token_sq)
+            if self._token_sq > 0
+            else float("nan"),
         }
         self._reset_stats()
         return out
@@ -373,7 +414,7 @@ class NEFTune:
             try:
                 del self.model.generate
             except AttributeError:
-                warnings.warn("could not restore model.generate")
+                warnings.warn("could not restore model.generate", stacklevel=2)
             self._patched_generate = False
 
     def __enter__(self):

@@ -6,6 +6,7 @@ metrics.jsonl through neftune.rundir, pairs a variant with the baseline of the s
 neftune.stats drops and counts the pair), and hands the arrays to neftune.stats. Every result carries
 the ``method`` string of its interval, i.e. what it resamples.
 """
+
 from __future__ import annotations
 
 import math
@@ -18,14 +19,32 @@ BASES = ("reference", "llm", "prompt-proxy")
 # "{set}" is expanded per eval set. Paths are inside RUN/eval/results.json.
 RUN_ITEMS = {
     "heldout_nll": ("held-out loss (per-example NLL)", ["heldout", "items"], "nll", "lower", "examples", 0.05),
-    "train_clean_nll": ("clean train loss (trained examples, per-example NLL)", ["train_clean", "items"], "nll",
-                        "lower", "examples", 0.05),
+    "train_clean_nll": (
+        "clean train loss (trained examples, per-example NLL)",
+        ["train_clean", "items"],
+        "nll",
+        "lower",
+        "examples",
+        0.05,
+    ),
     "overlap_rouge_l": ("ROUGE-L to trained answers", ["overfit", "items"], "rouge_l", None, "prompts", 0.02),
     "overlap_bleu": ("BLEU to trained answers", ["overfit", "items"], "bleu", None, "prompts", 1.0),
-    "capability": ("capability accuracy (fraction correct)", ["capability", "items"], "correct", "higher",
-                   "questions", 0.05),
-    "exact_accuracy": ("exact-answer accuracy (fraction correct)", ["exact", "items"], "correct", "higher",
-                       "questions", 0.05),
+    "capability": (
+        "capability accuracy (fraction correct)",
+        ["capability", "items"],
+        "correct",
+        "higher",
+        "questions",
+        0.05,
+    ),
+    "exact_accuracy": (
+        "exact-answer accuracy (fraction correct)",
+        ["exact", "items"],
+        "correct",
+        "higher",
+        "questions",
+        0.05,
+    ),
     "exact_tokens": ("exact-answer length (tokens)", ["exact", "items"], "tokens", None, "questions", 5.0),
 }
 SET_ITEMS = {
@@ -84,9 +103,14 @@ class Runs:
 
     def __init__(self, sweep: Path, rows: list[dict]):
         self.sweep, self.rows = Path(sweep), {r["name"]: r for r in rows}
-        self.res = {(r["name"], s): rundir.read_results(self.sweep / d) for r in rows for s, d in zip(r["seeds"], r["runs"])}
-        self.clean = {(r["name"], s): epoch_clean_losses(rundir.read_metrics(self.sweep / d))
-                      for r in rows for s, d in zip(r["seeds"], r["runs"])}
+        self.res = {
+            (r["name"], s): rundir.read_results(self.sweep / d) for r in rows for s, d in zip(r["seeds"], r["runs"])
+        }
+        self.clean = {
+            (r["name"], s): epoch_clean_losses(rundir.read_metrics(self.sweep / d))
+            for r in rows
+            for s, d in zip(r["seeds"], r["runs"])
+        }
 
     def maps(self, name: str, path: list, field: str, basis: str | None = None) -> dict:
         return {s: item_map(self.res[(name, s)], path, field, basis) for s in self.rows[name]["seeds"]}
@@ -96,8 +120,12 @@ class Runs:
         return min(eps) if eps else None
 
     def judge_bases(self, set_name: str) -> list[str]:
-        found = {b for res in self.res.values()
-                 for b in (_dig(res, ["sets", set_name, "judge", "items", "basis"]) or []) if b}
+        found = {
+            b
+            for res in self.res.values()
+            for b in (_dig(res, ["sets", set_name, "judge", "items", "basis"]) or [])
+            if b
+        }
         return [b for b in BASES if b in found] + sorted(found - set(BASES))
 
 
@@ -118,26 +146,47 @@ def item_specs(runs: Runs, sets: list[str]) -> dict:
     """Every per-item metric with data in this sweep: key -> spec dict (loader + labels)."""
     specs = {}
     for k, (label, path, field, better, noun, target) in RUN_ITEMS.items():
-        specs[k] = {"label": label, "better": better, "items": noun, "target": target,
-                    "load": (lambda n, p=path, f=field: runs.maps(n, p, f)), "const": None}
+        specs[k] = {
+            "label": label,
+            "better": better,
+            "items": noun,
+            "target": target,
+            "load": (lambda n, p=path, f=field: runs.maps(n, p, f)),
+            "const": None,
+        }
     for s in sets:
         for k, (label, path, field, better, noun, target) in SET_ITEMS.items():
             p = [s if x == "{set}" else x for x in path]
-            specs[f"{s}.{k}"] = {"label": f"{label} ({s})", "better": better, "items": noun, "target": target,
-                                 "load": (lambda n, p=p, f=field: runs.maps(n, p, f)), "const": None}
+            specs[f"{s}.{k}"] = {
+                "label": f"{label} ({s})",
+                "better": better,
+                "items": noun,
+                "target": target,
+                "load": (lambda n, p=p, f=field: runs.maps(n, p, f)),
+                "const": None,
+            }
         for b in runs.judge_bases(s):
             for k, (label, field, better, const, target) in JUDGE_ITEMS.items():
                 scale = 100.0 if field == "verdict" else 1.0
                 specs[f"{s}.{k}.{b}"] = {
-                    "label": f"{label} ({s}, {b} verdicts)", "better": better, "items": "prompts", "target": target,
-                    "const": const, "scale": scale,
-                    "load": (lambda n, s=s, f=field, b=b: runs.maps(n, ["sets", s, "judge", "items"], f, b))}
+                    "label": f"{label} ({s}, {b} verdicts)",
+                    "better": better,
+                    "items": "prompts",
+                    "target": target,
+                    "const": const,
+                    "scale": scale,
+                    "load": (lambda n, s=s, f=field, b=b: runs.maps(n, ["sets", s, "judge", "items"], f, b)),
+                }
     last = runs.last_epoch()
     if last is not None:
         specs["clean_loss_last_epoch"] = {
-            "label": f"clean training loss, last epoch (epoch {last}; paired by step)", "better": "lower",
-            "items": "steps", "target": 0.05, "const": None,
-            "load": (lambda n: {s: runs.clean[(n, s)].get(last) for s in runs.rows[n]["seeds"]})}
+            "label": f"clean training loss, last epoch (epoch {last}; paired by step)",
+            "better": "lower",
+            "items": "steps",
+            "target": 0.05,
+            "const": None,
+            "load": (lambda n: {s: runs.clean[(n, s)].get(last) for s in runs.rows[n]["seeds"]}),
+        }
     return specs
 
 
@@ -167,7 +216,9 @@ def verdict_word(diff, ci, better) -> str:
 def _clean(r: dict, spec: dict) -> dict:
     keep = ("diff", "ci", "method", "n_seeds", "n_items", "n_dropped", "se_prompts", "seed_spread")
     out = {k: r.get(k) for k in keep}
-    out.update(label=spec["label"], better=spec["better"], resolved=verdict_word(r.get("diff"), r.get("ci"), spec["better"]))
+    out.update(
+        label=spec["label"], better=spec["better"], resolved=verdict_word(r.get("diff"), r.get("ci"), spec["better"])
+    )
     if "se_prompts" in r:
         out["se_label"] = f"AlpacaEval-convention SE over {spec['items']} (paired differences, seeds pooled)"
     out["seed_spread_label"] = "seed spread: std over seeds of the per-seed mean difference"
@@ -181,7 +232,9 @@ def per_run_series(runs: Runs, name: str, set_name: str) -> dict:
         clean = runs.clean[(name, s)]
         last = [clean[e][k] for e in sorted(clean)[-1:] for k in sorted(clean[e], key=lambda x: float(x))[-1:]]
         out.setdefault("final_clean_loss", {})[s] = last[0] if last else None
-        out.setdefault("lc_win_rate", {})[s] = _num(_dig(runs.res[(name, s)], ["sets", set_name, "judge", "lc_win_rate"]))
+        out.setdefault("lc_win_rate", {})[s] = _num(
+            _dig(runs.res[(name, s)], ["sets", set_name, "judge", "lc_win_rate"])
+        )
     return out
 
 
@@ -203,8 +256,9 @@ def paired_rows(runs: Runs, sets: list[str], main_set: str, names: list[str], n_
         mine = per_run_series(runs, n, main_set)
         spec = {"label": "final clean train loss (per run)", "better": "lower"}
         if any(v is not None for v in mine["final_clean_loss"].values()):
-            out[n]["final_clean_loss"] = _clean(stats.per_run_difference(mine["final_clean_loss"],
-                                                                         base_run["final_clean_loss"]), spec)
+            out[n]["final_clean_loss"] = _clean(
+                stats.per_run_difference(mine["final_clean_loss"], base_run["final_clean_loss"]), spec
+            )
         if any(v is not None for v in mine["lc_win_rate"].values()):
             r = stats.per_run_difference(mine["lc_win_rate"], 50.0)
             r["method"] = "per-run LC fits (headline basis) − 50; " + r["method"] + " (prompts not resampled)"
@@ -241,11 +295,16 @@ def judge_notes(runs: Runs, sets: list[str]) -> dict:
             if not isinstance(j, dict):
                 continue
             judges.add(str(j.get("judge")))
-            for b in (_dig(j, ["items", "basis"]) or []):
+            for b in _dig(j, ["items", "basis"]) or []:
                 bases[b or "none"] = bases.get(b or "none", 0) + 1
             no_basis += int(j.get("no_basis") or 0)
             if j.get("lc_unstable"):
                 unstable.append({"run": f"{name}-seed{seed}", "warning": j.get("lc_warning")})
         if judges:
-            out[s] = {"judge": sorted(judges), "verdicts_by_basis": bases, "no_basis": no_basis, "lc_unstable": unstable}
+            out[s] = {
+                "judge": sorted(judges),
+                "verdicts_by_basis": bases,
+                "no_basis": no_basis,
+                "lc_unstable": unstable,
+            }
     return out

@@ -21,6 +21,7 @@ we change:
 With alpha = 0 and no dropout the two passes are identical and the term is exactly 0. With model
 or LoRA dropout on, the two passes differ even at alpha = 0 (the term then acts like R-Drop).
 """
+
 from __future__ import annotations
 
 import torch

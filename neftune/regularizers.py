@@ -8,14 +8,21 @@ residual/embedding dropout in GPT-2-style models, ...). Dropout is active in tra
 An architecture with none of these keys is refused: a "dropout" variant that changes nothing would
 be a silent baseline.
 """
+
 from __future__ import annotations
 
 from .errors import ConfigError
 
 DROPOUT_KEYS = (
-    "attention_dropout", "hidden_dropout", "dropout", "activation_dropout",   # Llama/Gemma/Qwen, Falcon/Bloom, OPT
-    "resid_pdrop", "embd_pdrop", "attn_pdrop",                                   # GPT-2, GPT-J, Phi
-    "hidden_dropout_prob", "attention_probs_dropout_prob",                       # BERT-style
+    "attention_dropout",
+    "hidden_dropout",
+    "dropout",
+    "activation_dropout",  # Llama/Gemma/Qwen, Falcon/Bloom, OPT
+    "resid_pdrop",
+    "embd_pdrop",
+    "attn_pdrop",  # GPT-2, GPT-J, Phi
+    "hidden_dropout_prob",
+    "attention_probs_dropout_prob",  # BERT-style
     "summary_first_dropout",
 )
 
@@ -31,9 +38,14 @@ def model_dropout_overrides(model: str, p: float) -> dict:
     from .assets import resolve_model
 
     cfg = AutoConfig.from_pretrained(resolve_model(model))
-    keys = [k for k in DROPOUT_KEYS if isinstance(getattr(cfg, k, None), (int, float))
-            and not isinstance(getattr(cfg, k), bool)]
+    keys = [
+        k
+        for k in DROPOUT_KEYS
+        if isinstance(getattr(cfg, k, None), (int, float)) and not isinstance(getattr(cfg, k), bool)
+    ]
     if not keys:
-        raise ConfigError(f"model_dropout={p}: {type(cfg).__name__} ({model}) has no dropout setting "
-                          f"(none of {', '.join(DROPOUT_KEYS)}); use lora.dropout instead")
+        raise ConfigError(
+            f"model_dropout={p}: {type(cfg).__name__} ({model}) has no dropout setting "
+            f"(none of {', '.join(DROPOUT_KEYS)}); use lora.dropout instead"
+        )
     return {k: float(p) for k in keys}

@@ -20,6 +20,7 @@ nowhere else; the trainer, the evaluation stages, the sweep and the report call 
 Writes that other code reads back are atomic (tmp file + fsync + os.replace): a kill leaves either the
 old file or the new one, never half of one.
 """
+
 from __future__ import annotations
 
 import json
@@ -195,8 +196,8 @@ def list_checkpoints(run: PathLike) -> list[Path]:
     out = Path(run)
     if not out.exists():
         return []
-    ckpts = [p for p in out.glob(f"{_CKPT}*") if p.name[len(_CKPT):].isdigit() and is_complete_checkpoint(p)]
-    return sorted(ckpts, key=lambda p: int(p.name[len(_CKPT):]))
+    ckpts = [p for p in out.glob(f"{_CKPT}*") if p.name[len(_CKPT) :].isdigit() and is_complete_checkpoint(p)]
+    return sorted(ckpts, key=lambda p: int(p.name[len(_CKPT) :]))
 
 
 def latest_checkpoint(run: PathLike) -> Path | None:
@@ -217,8 +218,9 @@ def read_trainer_state(path: PathLike) -> dict:
     return read_json(Path(path) / TRAINER_STATE)
 
 
-def commit_checkpoint(tmp: PathLike, run: PathLike, step: int, keep: int | None = None,
-                      counters: dict | None = None) -> Path:
+def commit_checkpoint(
+    tmp: PathLike, run: PathLike, step: int, keep: int | None = None, counters: dict | None = None
+) -> Path:
     """Make the fully written `tmp` dir checkpoint-`step`: trainer_state.json (global_step + `counters`)
     last, every file fsync'ed, one rename; then keep only the newest `keep` checkpoints. Main process only."""
     tmp, final = Path(tmp), checkpoint_path(run, step)

@@ -13,6 +13,7 @@ Variance model for the design arithmetic: the paired difference of item ``i`` un
 variance ``var_w = Var(e)``. A design with ``S`` seeds and ``P`` items per seed estimates ``mu`` (the
 mean of seed means) with ``SE = sqrt(var_b / S + var_w / (S * P))``.
 """
+
 from __future__ import annotations
 
 import math
@@ -114,8 +115,9 @@ def hierarchical_bootstrap(diffs: Sequence[np.ndarray], n_boot: int = 2000, seed
     return picked.mean(axis=1)
 
 
-def paired_difference(variant: PerSeed, baseline, n_boot: int = 2000, seed: int = 0,
-                      level: float = 0.95, items: str = "prompts") -> dict:
+def paired_difference(
+    variant: PerSeed, baseline, n_boot: int = 2000, seed: int = 0, level: float = 0.95, items: str = "prompts"
+) -> dict:
     """Paired difference variant − baseline of a per-item metric, with a hierarchical-bootstrap interval.
 
     ``baseline`` is per-seed, per-item data like ``variant`` or a constant (e.g. 0.5 when the values
@@ -131,8 +133,17 @@ def paired_difference(variant: PerSeed, baseline, n_boot: int = 2000, seed: int 
     diffs, keys, dropped = _pair(variant, baseline)
     out = {"n_dropped": dropped, "seeds": keys, "n_seeds": len(diffs), "n_items": [len(d) for d in diffs]}
     if not diffs:
-        out.update(diff=None, ci=None, method="no usable pairs", se_prompts=None, seed_spread=None,
-                   var_b=None, var_w=None, var_b_estimable=False, diffs=[])
+        out.update(
+            diff=None,
+            ci=None,
+            method="no usable pairs",
+            se_prompts=None,
+            seed_spread=None,
+            var_b=None,
+            var_w=None,
+            var_b_estimable=False,
+            diffs=[],
+        )
         return out
     if len(diffs) > 1:
         method = f"hierarchical bootstrap: seeds, then {items} within seed, B={n_boot}"
@@ -142,10 +153,15 @@ def paired_difference(variant: PerSeed, baseline, n_boot: int = 2000, seed: int 
     tail = 100 * (1 - level) / 2
     lo, hi = np.percentile(reps, [tail, 100 - tail])
     seed_means = np.array([d.mean() for d in diffs])
-    out.update(diff=float(seed_means.mean()), ci=[float(lo), float(hi)], method=method,
-               se_prompts=alpacaeval_se(np.concatenate(diffs)),
-               seed_spread=float(seed_means.std(ddof=1)) if len(diffs) > 1 else None,
-               diffs=diffs, **variance_components(diffs))
+    out.update(
+        diff=float(seed_means.mean()),
+        ci=[float(lo), float(hi)],
+        method=method,
+        se_prompts=alpacaeval_se(np.concatenate(diffs)),
+        seed_spread=float(seed_means.std(ddof=1)) if len(diffs) > 1 else None,
+        diffs=diffs,
+        **variance_components(diffs),
+    )
     return out
 
 
@@ -154,23 +170,35 @@ def per_run_difference(variant: PerSeed, baseline: PerSeed, level: float = 0.95)
 
     Returns ``diff``, ``ci`` (None with < 2 seeds: no interval is possible), ``method``, ``n_seeds``,
     ``seed_spread`` (std of the per-seed differences) and ``n_dropped``."""
+
     def one_each(data):  # {seed: x} or [x per seed] -> {seed: [x]}
         items = data.items() if isinstance(data, Mapping) else enumerate(data)
         return {k: [v] for k, v in items}
 
-    diffs, keys, dropped = _pair(one_each(variant), baseline if isinstance(baseline, (int, float))
-                                 else one_each(baseline))
+    diffs, keys, dropped = _pair(
+        one_each(variant), baseline if isinstance(baseline, (int, float)) else one_each(baseline)
+    )
     d = np.array([x[0] for x in diffs])
     out = {"n_seeds": len(d), "seeds": keys, "n_dropped": dropped}
     if len(d) == 0:
         return {**out, "diff": None, "ci": None, "seed_spread": None, "method": "no usable seeds"}
     if len(d) == 1:
-        return {**out, "diff": float(d[0]), "ci": None, "seed_spread": None,
-                "method": "1 seed: no interval over seeds is possible"}
+        return {
+            **out,
+            "diff": float(d[0]),
+            "ci": None,
+            "seed_spread": None,
+            "method": "1 seed: no interval over seeds is possible",
+        }
     sd = float(d.std(ddof=1))
     half = float(_st.t.ppf(0.5 + level / 2, len(d) - 1)) * sd / np.sqrt(len(d))
-    return {**out, "diff": float(d.mean()), "ci": [float(d.mean() - half), float(d.mean() + half)],
-            "seed_spread": sd, "method": f"paired t interval over {len(d)} seeds ({len(d) - 1} df)"}
+    return {
+        **out,
+        "diff": float(d.mean()),
+        "ci": [float(d.mean() - half), float(d.mean() + half)],
+        "seed_spread": sd,
+        "method": f"paired t interval over {len(d)} seeds ({len(d) - 1} df)",
+    }
 
 
 # --------------------------------------------------------------------------- design arithmetic
@@ -202,9 +230,17 @@ def _fmt(x: float) -> str:
     return f"{x:+.3g}" if abs(x) < 1000 else f"{x:+.0f}"
 
 
-def decide(variants: Mapping[str, PerSeed], baseline, metric: str, higher_is_better: bool = True,
-           target: float = 5.0, unit: str = "points", n_boot: int = 2000, seed: int = 0,
-           items: str = "prompts") -> dict:
+def decide(
+    variants: Mapping[str, PerSeed],
+    baseline,
+    metric: str,
+    higher_is_better: bool = True,
+    target: float = 5.0,
+    unit: str = "points",
+    n_boot: int = 2000,
+    seed: int = 0,
+    items: str = "prompts",
+) -> dict:
     """The selection's one sentence, from paired intervals on the selection metric.
 
     ``variants`` maps a display name ("α=5") to per-seed, per-item values, paired with ``baseline``
@@ -234,17 +270,30 @@ def decide(variants: Mapping[str, PerSeed], baseline, metric: str, higher_is_bet
     better = [k for k, r in usable.items() if sign * r["ci"][0 if sign > 0 else 1] > 0]
     worse = [k for k, r in usable.items() if sign * r["ci"][1 if sign > 0 else 0] < 0]
     ranked = sorted(usable, key=lambda k: sign * usable[k]["diff"], reverse=True)
-    rule = ("a variant beats the baseline when the 95% interval of its paired difference excludes 0 in the "
-            f"{'upward' if sign > 0 else 'downward'} direction; among those, the largest difference is chosen")
-    out = {"rule": rule, "metric": metric, "worse": worse, "chosen": None, "runner_up": None,
-           "runner_up_margin": None, "runner_up_distinguishable": None, "mde": None, "design": None,
-           "results": {k: {kk: vv for kk, vv in r.items() if kk != "diffs"} for k, r in res.items()}}
+    rule = (
+        "a variant beats the baseline when the 95% interval of its paired difference excludes 0 in the "
+        f"{'upward' if sign > 0 else 'downward'} direction; among those, the largest difference is chosen"
+    )
+    out = {
+        "rule": rule,
+        "metric": metric,
+        "worse": worse,
+        "chosen": None,
+        "runner_up": None,
+        "runner_up_margin": None,
+        "runner_up_distinguishable": None,
+        "mde": None,
+        "design": None,
+        "results": {k: {kk: vv for kk, vv in r.items() if kk != "diffs"} for k, r in res.items()},
+    }
     if better:
         chosen = max(better, key=lambda k: sign * usable[k]["diff"])
         r = usable[chosen]
         out["chosen"] = chosen
-        out["statement"] = (f"{chosen} beats the baseline on {metric} by {_fmt(r['diff'])} "
-                            f"[{_fmt(r['ci'][0])}, {_fmt(r['ci'][1])}] ({r['method']})")
+        out["statement"] = (
+            f"{chosen} beats the baseline on {metric} by {_fmt(r['diff'])} "
+            f"[{_fmt(r['ci'][0])}, {_fmt(r['ci'][1])}] ({r['method']})"
+        )
         rest = [k for k in ranked if k != chosen]
         if rest:
             ru = rest[0]
@@ -268,9 +317,11 @@ def _no_winner(usable: dict, metric: str, worse: list, target: float, unit: str,
     prompts = float(np.mean([np.mean(r["n_items"]) for r in usable.values()]))
     mde = minimum_detectable_effect(var_b, var_w, seeds, prompts)
     p, s = design_for(target, var_b, var_w, min_seeds=seeds)
-    stmt = (f"no variant is {what} the baseline at this size; the smallest difference this design can detect "
-            f"(80% power, 5% level) is {mde:.3g} {unit}; detecting {target:g} {unit} would take about "
-            f"{p} {items} × {s} seeds")
+    stmt = (
+        f"no variant is {what} the baseline at this size; the smallest difference this design can detect "
+        f"(80% power, 5% level) is {mde:.3g} {unit}; detecting {target:g} {unit} would take about "
+        f"{p} {items} × {s} seeds"
+    )
     if worse:
         stmt += f" ({', '.join(worse)}: worse than the baseline on {metric})"
     return stmt, mde, {"prompts": p, "seeds": s}

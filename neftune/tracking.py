@@ -1,6 +1,7 @@
 """Metric sinks: metrics.jsonl (always; the source of truth for reports and resume checks) and
 tensorboard (`report_to: [tensorboard]`). On resume, lines past the checkpoint's step are dropped
 so a resumed run's log reads exactly like an uninterrupted one."""
+
 from __future__ import annotations
 
 import json
@@ -23,7 +24,9 @@ class MetricsLogger:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self.tb = SummaryWriter(log_dir=str(rundir.tensorboard_dir(output_dir)), purge_step=resume_step + 1 if resume_step else None)
+                self.tb = SummaryWriter(
+                    log_dir=str(rundir.tensorboard_dir(output_dir)), purge_step=resume_step + 1 if resume_step else None
+                )
             except ImportError:  # pragma: no cover
                 print(f"[neftune] tensorboard not installed; metrics go to {rundir.METRICS} only")
 

@@ -9,6 +9,7 @@ The loss computes logits only at supervised positions (neftune.modeling.supervis
 Resume is bit-exact on CPU: data order is a pure function of (seed, epoch), and the python /
 numpy / torch / NEFTune-generator random states are part of every checkpoint.
 """
+
 from __future__ import annotations
 
 import math
@@ -84,15 +85,21 @@ def check_master_weights(params):
     under-trains. Trainable weights stay float32; `dtype` is the compute dtype (autocast)."""
     half = [p.dtype for p in params if p.dtype in (torch.bfloat16, torch.float16)]
     if half:
-        raise NeftuneError(f"{len(half)} trainable parameters are {half[0]}: AdamW updates below half a "
-                           f"{half[0]} ulp round to zero (at lr 5e-5, most weights with |w| >= 0.016 never "
-                           "move). Train float32 master weights with dtype as the autocast compute dtype.")
+        raise NeftuneError(
+            f"{len(half)} trainable parameters are {half[0]}: AdamW updates below half a "
+            f"{half[0]} ulp round to zero (at lr 5e-5, most weights with |w| >= 0.016 never "
+            "move). Train float32 master weights with dtype as the autocast compute dtype."
+        )
 
 
 # ----------------------------------------------------------------------------- checkpoints
 def _rng_state(noise_gen) -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
-             "noise": noise_gen.get_state()}
+    state = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "noise": noise_gen.get_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -118,8 +125,9 @@ def save_model(model, tokenizer, path, accelerator, wrapped=None):
         tokenizer.save_pretrained(path)
 
 
-def save_checkpoint(accelerator, model, tokenizer, optimizer, scheduler, noise_gen, step, output_dir, limit,
-                    wrapped=None, counters=None):
+def save_checkpoint(
+    accelerator, model, tokenizer, optimizer, scheduler, noise_gen, step, output_dir, limit, wrapped=None, counters=None
+):
     tmp = rundir.checkpoint_tmp_path(output_dir, step)
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -156,7 +164,9 @@ def load_checkpoint(ckpt: Path, model, optimizer, scheduler, noise_gen, rank: in
             state.update(load_file(f))
         missing, unexpected = base.load_state_dict(state, strict=False)
         if unexpected or [k for k in missing if "lm_head" not in k]:
-            raise NeftuneError(f"{ckpt}: weights do not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+            raise NeftuneError(
+                f"{ckpt}: weights do not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})"
+            )
     optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=False))
     scheduler.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=False))
     rng = ckpt / f"rng_state_{rank}.pth"
@@ -181,8 +191,9 @@ def resolve_resume(cfg: Config):
 def build_model(cfg: Config, device):
     # `dtype` is the compute dtype (autocast, see compute_dtype). Trainable weights are float32
     # masters (check_master_weights); only a LoRA run's frozen base is loaded in `dtype`.
-    model = load_model(cfg.model, cfg.dtype if cfg.lora.r > 0 else "float32",
-                       **model_dropout_overrides(cfg.model, cfg.model_dropout))
+    model = load_model(
+        cfg.model, cfg.dtype if cfg.lora.r > 0 else "float32", **model_dropout_overrides(cfg.model, cfg.model_dropout)
+    )
     if cfg.gradient_checkpointing:
         enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
         enable()
@@ -192,8 +203,13 @@ def build_model(cfg: Config, device):
 
         if cfg.gradient_checkpointing:
             model.enable_input_require_grads()
-        lcfg = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-                          target_modules=cfg.lora.target_modules, task_type="CAUSAL_LM")
+        lcfg = LoraConfig(
+            r=cfg.lora.r,
+            lora_alpha=cfg.lora.alpha,
+            lora_dropout=cfg.lora.dropout,
+            target_modules=cfg.lora.target_modules,
+            task_type="CAUSAL_LM",
+        )
         model = get_peft_model(model, lcfg)
     for p in model.parameters():
         if p.requires_grad and p.dtype in (torch.bfloat16, torch.float16):
@@ -249,15 +265,27 @@ def train(cfg: Config) -> dict:
     model.train()
 
     # Data order is a pure function of (seed, epoch): resume needs no sampler state.
-    bs, ga, world, rank = cfg.per_device_train_batch_size, cfg.gradient_accumulation_steps, acc.num_processes, acc.process_index
+    bs, ga, world, rank = (
+        cfg.per_device_train_batch_size,
+        cfg.gradient_accumulation_steps,
+        acc.num_processes,
+        acc.process_index,
+    )
     pad_id = tokenizer.pad_token_id
     epoch_cache: dict = {}
 
     def epoch_batches(epoch):
         if epoch not in epoch_cache:
             epoch_cache.clear()
-            b = make_batches(data.train_examples, bs, packing=cfg.data.packing, max_length=cfg.data.max_length,
-                             pad_token_id=pad_id, seed=cfg.seed, epoch=epoch)
+            b = make_batches(
+                data.train_examples,
+                bs,
+                packing=cfg.data.packing,
+                max_length=cfg.data.max_length,
+                pad_token_id=pad_id,
+                seed=cfg.seed,
+                epoch=epoch,
+            )
             epoch_cache[epoch] = b[: len(b) // world * world][rank::world] if world > 1 else b
         return epoch_cache[epoch]
 
@@ -276,8 +304,12 @@ def train(cfg: Config) -> dict:
         params = [p for p in wrapped.parameters() if p.requires_grad]
     # Not passed through prepare: accelerate's AcceleratedScheduler steps it num_processes times per
     # optimizer step (split_batches=False). total_steps counts optimizer steps; we step it once each.
-    scheduler = get_scheduler(cfg.lr_scheduler_type, optimizer, num_warmup_steps=math.ceil(cfg.warmup_ratio * total_steps),
-                              num_training_steps=total_steps)
+    scheduler = get_scheduler(
+        cfg.lr_scheduler_type,
+        optimizer,
+        num_warmup_steps=math.ceil(cfg.warmup_ratio * total_steps),
+        num_training_steps=total_steps,
+    )
     noise_gen = torch.Generator(device=acc.device).manual_seed(cfg.seed * 100003 + rank + 1)  # independent per rank
 
     start = 0
@@ -290,15 +322,24 @@ def train(cfg: Config) -> dict:
         print(f"[neftune] resumed from {ckpt} at step {start}")
         done.update(rundir.read_trainer_state(ckpt))
         if done["world_size"] != world:
-            print(f"[neftune] warning: world size changed on resume: checkpoint trained with {done['world_size']} "
-                  f"processes, now {world}; data order per step and noise streams differ from an uninterrupted run")
+            print(
+                f"[neftune] warning: world size changed on resume: checkpoint trained with {done['world_size']} "
+                f"processes, now {world}; data order per step and noise streams differ from an uninterrupted run"
+            )
     logger = MetricsLogger(out, cfg.report_to, resume_step=start, enabled=acc.is_main_process)
-    noise = activate(model, cfg.neftune_noise_alpha, distribution=cfg.neftune_distribution, generator=noise_gen,
-                     placement=cfg.neftune_placement)
+    noise = activate(
+        model,
+        cfg.neftune_noise_alpha,
+        distribution=cfg.neftune_distribution,
+        generator=noise_gen,
+        placement=cfg.neftune_placement,
+    )
     if acc.is_main_process:
-        print(f"[neftune] {cfg.model}: {sum(p.numel() for p in params):,} trainable params, {len(data.train_examples)} train / "
-              f"{len(data.heldout_examples)} held-out examples, {total_steps} steps x {bs * ga * world} examples, "
-              f"alpha={cfg.neftune_noise_alpha} ({cfg.neftune_distribution})")
+        print(
+            f"[neftune] {cfg.model}: {sum(p.numel() for p in params):,} trainable params, {len(data.train_examples)} train / "
+            f"{len(data.heldout_examples)} held-out examples, {total_steps} steps x {bs * ga * world} examples, "
+            f"alpha={cfg.neftune_noise_alpha} ({cfg.neftune_distribution})"
+        )
 
     pbar = tqdm(total=total_steps, initial=start, desc="train", disable=not acc.is_main_process, dynamic_ncols=True)
     sup_tokens, tok_total = done["supervised_tokens"], done["train_tokens"]
@@ -313,9 +354,16 @@ def train(cfg: Config) -> dict:
                 micro.append({k: v.to(acc.device) for k, v in epoch_batches(epoch)[i].items()})
             # Global token mean (like transformers' num_items_in_batch): divide by the supervised-token
             # count of all ranks' micro-batches; times world, because DDP/FSDP average the ranks' gradients.
-            counts = torch.tensor([sum(int((b["labels"][:, 1:] != -100).sum()) for b in micro),
-                                   sum(int(b["input_ids"].numel() if "attention_mask" not in b else b["attention_mask"].sum())
-                                       for b in micro)], device=acc.device)
+            counts = torch.tensor(
+                [
+                    sum(int((b["labels"][:, 1:] != -100).sum()) for b in micro),
+                    sum(
+                        int(b["input_ids"].numel() if "attention_mask" not in b else b["attention_mask"].sum())
+                        for b in micro
+                    ),
+                ],
+                device=acc.device,
+            )
             n_step, toks = (int(x) for x in (acc.reduce(counts, "sum") if world > 1 else counts))
             loss_sum = torch.zeros((), device=acc.device)
             loss_module.r3f_kl_sum = 0.0
@@ -326,18 +374,30 @@ def train(cfg: Config) -> dict:
                     acc.backward(loss * world / max(n_step, 1))
                 loss_sum += loss.detach().float()
             step_loss = _global_sum(acc, loss_sum) / max(n_step, 1)
-            grad_norm = acc.clip_grad_norm_(params, cfg.max_grad_norm) if cfg.max_grad_norm > 0 else \
-                torch.norm(torch.stack([p.grad.norm() for p in params if p.grad is not None]))
+            grad_norm = (
+                acc.clip_grad_norm_(params, cfg.max_grad_norm)
+                if cfg.max_grad_norm > 0
+                else torch.norm(torch.stack([p.grad.norm() for p in params if p.grad is not None]))
+            )
             grad_norm = float(grad_norm)
             if not (math.isfinite(step_loss) and math.isfinite(grad_norm)):
                 last = list_checkpoints(out)
-                raise TrainingDiverged(f"step {step}: non-finite {'loss' if not math.isfinite(step_loss) else 'gradient norm'} "
-                                       f"(loss={step_loss}, grad_norm={grad_norm}); stopped before the update. Last good "
-                                       f"checkpoint: {last[-1] if last else 'none'} (resume_from_checkpoint=latest)")
-            rec = {"step": step, "epoch": round((step * ga) / per_epoch, 4), "loss": step_loss, "grad_norm": grad_norm,
-                   "learning_rate": optimizer.param_groups[0]["lr"]}
+                raise TrainingDiverged(
+                    f"step {step}: non-finite {'loss' if not math.isfinite(step_loss) else 'gradient norm'} "
+                    f"(loss={step_loss}, grad_norm={grad_norm}); stopped before the update. Last good "
+                    f"checkpoint: {last[-1] if last else 'none'} (resume_from_checkpoint=latest)"
+                )
+            rec = {
+                "step": step,
+                "epoch": round((step * ga) / per_epoch, 4),
+                "loss": step_loss,
+                "grad_norm": grad_norm,
+                "learning_rate": optimizer.param_groups[0]["lr"],
+            }
             if cfg.r3f_lambda > 0:  # per supervised token, like loss (which includes lambda * this)
-                rec["r3f_kl"] = _global_sum(acc, torch.tensor(loss_module.r3f_kl_sum, device=acc.device)) / max(n_step, 1)
+                rec["r3f_kl"] = _global_sum(acc, torch.tensor(loss_module.r3f_kl_sum, device=acc.device)) / max(
+                    n_step, 1
+                )
             if cfg.clean_loss_steps and step % cfg.clean_loss_steps == 0:
                 # The same micro-batches, same weights (before the update), no noise, no dropout (eval
                 # mode), no grad; for every run, α=0 too: it is the paired comparison's baseline.
@@ -353,7 +413,12 @@ def train(cfg: Config) -> dict:
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            sup_tokens, tok_total, tok_window, last_loss = sup_tokens + n_step, tok_total + toks, tok_window + n_step, step_loss
+            sup_tokens, tok_total, tok_window, last_loss = (
+                sup_tokens + n_step,
+                tok_total + toks,
+                tok_window + n_step,
+                step_loss,
+            )
             if step % cfg.logging_steps == 0 or step == total_steps or "clean_loss" in rec:
                 now = time.time()
                 rec["supervised_tokens_per_s"] = tok_window / max(now - t_window, 1e-9)
@@ -363,32 +428,68 @@ def train(cfg: Config) -> dict:
                     print(f"[neftune] warning: non-finite NEFTune energy statistics at step {step}: {stats}")
                 rec.update(stats)
                 logger.log(rec)
-                pbar.set_postfix(loss=f"{step_loss:.3f}", **({"clean": f"{rec['clean_loss']:.3f}"} if "clean_loss" in rec else {}))
+                pbar.set_postfix(
+                    loss=f"{step_loss:.3f}", **({"clean": f"{rec['clean_loss']:.3f}"} if "clean_loss" in rec else {})
+                )
             pbar.update(1)
             _failpoint("after_step", step)
             if cfg.save_steps and step % cfg.save_steps == 0 and step < total_steps:
-                counters = {"train_tokens": tok_total, "supervised_tokens": sup_tokens, "world_size": world,
-                            "wall_time_s": done["wall_time_s"] + time.time() - t0}
-                save_checkpoint(acc, model, tokenizer, optimizer, scheduler, noise_gen, step, out, cfg.save_total_limit,
-                                wrapped=wrapped, counters=counters)
+                counters = {
+                    "train_tokens": tok_total,
+                    "supervised_tokens": sup_tokens,
+                    "world_size": world,
+                    "wall_time_s": done["wall_time_s"] + time.time() - t0,
+                }
+                save_checkpoint(
+                    acc,
+                    model,
+                    tokenizer,
+                    optimizer,
+                    scheduler,
+                    noise_gen,
+                    step,
+                    out,
+                    cfg.save_total_limit,
+                    wrapped=wrapped,
+                    counters=counters,
+                )
     finally:
         pbar.close()
         noise.remove()
 
     if acc.is_main_process:
-        rundir.write_records(out, "trained", trained_records(data.train_records, total_steps * ga * world, per_epoch * world,
-                                                             lambda: covered_indices(data.train_examples, bs, cfg, pad_id, world)))
+        rundir.write_records(
+            out,
+            "trained",
+            trained_records(
+                data.train_records,
+                total_steps * ga * world,
+                per_epoch * world,
+                lambda: covered_indices(data.train_examples, bs, cfg, pad_id, world),
+            ),
+        )
     hl = heldout_loss(model, data.heldout_examples, max(bs, 8), pad_id, cfg.data.max_length, loss_fn=wrapped)
     logger.log({"step": total_steps, "heldout_loss": hl})
     logger.close()
     save_model(model, tokenizer, out, acc, wrapped)
     wall = done["wall_time_s"] + time.time() - t0  # the sum of all segments of a resumed run
-    summary = {"steps": total_steps, "train_loss": last_loss, "heldout_loss": hl, "wall_time_s": round(wall, 1),
-               "train_tokens": tok_total, "supervised_tokens": sup_tokens, "n_train": len(data.train_examples),
-               "n_heldout": len(data.heldout_examples), "skipped": dict(data.skipped), "resumed_from": str(ckpt) if ckpt else None,
-               "world_size": world, "distributed_type": acc.distributed_type.name, "mixed_precision": acc.mixed_precision,
-               "peak_memory_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else None,
-               "versions": versions()}
+    summary = {
+        "steps": total_steps,
+        "train_loss": last_loss,
+        "heldout_loss": hl,
+        "wall_time_s": round(wall, 1),
+        "train_tokens": tok_total,
+        "supervised_tokens": sup_tokens,
+        "n_train": len(data.train_examples),
+        "n_heldout": len(data.heldout_examples),
+        "skipped": dict(data.skipped),
+        "resumed_from": str(ckpt) if ckpt else None,
+        "world_size": world,
+        "distributed_type": acc.distributed_type.name,
+        "mixed_precision": acc.mixed_precision,
+        "peak_memory_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else None,
+        "versions": versions(),
+    }
     if ckpt is not None and done["world_size"] != world:
         summary["resumed_world_size"] = done["world_size"]
     if acc.is_main_process:

@@ -1,5 +1,6 @@
 """Shared fixtures: a tiny byte-level BPE tokenizer and tiny random Llama/Gemma-3 models, all built
 here from a config (no downloads). Session-scoped: built once, a fraction of a second each."""
+
 from __future__ import annotations
 
 import os
@@ -36,8 +37,10 @@ def build_tiny_tokenizer():
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=400, special_tokens=["<pad>", "<s>", "</s>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+        vocab_size=400,
+        special_tokens=["<pad>", "<s>", "</s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
     )
     tok.train_from_iterator(_CORPUS, trainer=trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
@@ -47,8 +50,13 @@ def build_tiny_tokenizer():
 
 def _save_model(path, cfg_cls, model_cls, tok, **kw):
     torch.manual_seed(0)
-    cfg = cfg_cls(vocab_size=len(tok), pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
-                  eos_token_id=tok.eos_token_id, **kw)
+    cfg = cfg_cls(
+        vocab_size=len(tok),
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        **kw,
+    )
     model = model_cls(cfg)
     model.save_pretrained(path)
     tok.save_pretrained(path)
@@ -64,16 +72,37 @@ def tiny_tokenizer():
 def tiny_llama_dir(tmp_path_factory, tiny_tokenizer):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    return _save_model(tmp_path_factory.mktemp("tiny-llama"), LlamaConfig, LlamaForCausalLM, tiny_tokenizer,
-                       hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                       num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=False)
+    return _save_model(
+        tmp_path_factory.mktemp("tiny-llama"),
+        LlamaConfig,
+        LlamaForCausalLM,
+        tiny_tokenizer,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=False,
+    )
 
 
 @pytest.fixture(scope="session")
 def tiny_gemma_dir(tmp_path_factory, tiny_tokenizer):
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
-    return _save_model(tmp_path_factory.mktemp("tiny-gemma"), Gemma3TextConfig, Gemma3ForCausalLM, tiny_tokenizer,
-                       hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                       num_key_value_heads=2, head_dim=8, max_position_embeddings=512, sliding_window=16,
-                       layer_types=["sliding_attention", "full_attention"])
+    return _save_model(
+        tmp_path_factory.mktemp("tiny-gemma"),
+        Gemma3TextConfig,
+        Gemma3ForCausalLM,
+        tiny_tokenizer,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        max_position_embeddings=512,
+        sliding_window=16,
+        layer_types=["sliding_attention", "full_attention"],
+    )

@@ -1,5 +1,6 @@
 """The sweep table from synthetic run dirs in the per-item format: paired differences pair by id, a
 planted effect shows (and an absent one does not), the decision is one of the two sentences."""
+
 import json
 
 import pytest
@@ -15,8 +16,10 @@ def test_equal_variants_are_not_distinguishable(tmp_path):
     cfg = make_sweep(tmp_path, {"alpha5": 0.0, "alpha10": 0.0})
     sel = aggregate(tmp_path, cfg, n_boot=B)["selection"]
     assert sel["chosen"] is None
-    assert sel["statement"].startswith("no variant is distinguishable from the baseline at this size; the smallest "
-                                       "difference this design can detect (80% power, 5% level) is ")
+    assert sel["statement"].startswith(
+        "no variant is distinguishable from the baseline at this size; the smallest "
+        "difference this design can detect (80% power, 5% level) is "
+    )
     assert "would take about" in sel["statement"] and sel["design"]["seeds"] >= 2 and sel["mde"] > 0
     assert "beats" not in sel["statement"] and sel["metric_key"] == "heldout.margin.reference"  # continuous scores
 
@@ -31,7 +34,10 @@ def test_planted_effect_names_the_variant_and_every_metric_moves(tmp_path):
     p = {r["name"]: r["paired"] for r in table["rows"]}
     planted = p["alpha5"]
     assert planted["heldout_nll"]["diff"] == pytest.approx(-0.1, abs=0.01) and planted["heldout_nll"]["ci"][1] < 0
-    assert planted["clean_loss_last_epoch"]["ci"][0] > 0 and "steps within seed" in planted["clean_loss_last_epoch"]["method"]
+    assert (
+        planted["clean_loss_last_epoch"]["ci"][0] > 0
+        and "steps within seed" in planted["clean_loss_last_epoch"]["method"]
+    )
     assert planted["heldout.tokens"]["diff"] == pytest.approx(40, abs=3)
     assert planted["overlap_rouge_l"]["resolved"].startswith("resolved: lower")
     # the null variant: no paired interval on a per-item metric excludes 0 in this synthetic sweep
@@ -55,8 +61,12 @@ def test_align_puts_missing_ids_as_none():
 
 
 def test_data_study_reruns_chosen_and_best_regularizer(tmp_path):
-    cfg = make_sweep(tmp_path, {"alpha5": 1.0, "alpha10": 0.0, "wd": 0.3, "wd2": 0.0}, alphas={"wd": 0.0, "wd2": 0.0},
-                     fractions=(0.5,))
+    cfg = make_sweep(
+        tmp_path,
+        {"alpha5": 1.0, "alpha10": 0.0, "wd": 0.3, "wd2": 0.0},
+        alphas={"wd": 0.0, "wd2": 0.0},
+        fractions=(0.5,),
+    )
     # only the study's variants have fraction runs: aggregate must not read any other
     for d in tmp_path.glob("runs/*frac*"):
         if d.name.split("-frac")[0] not in ("baseline", "alpha5", "wd"):
@@ -65,8 +75,12 @@ def test_data_study_reruns_chosen_and_best_regularizer(tmp_path):
             shutil.rmtree(d)
     table = aggregate(tmp_path, cfg, n_boot=B)
     assert table["data_study"] == ["alpha5", "wd"]
-    assert [(c["name"], c["fraction"]) for c in table["data_curve"]] == [("alpha5", 0.5), ("alpha5", 1.0),
-                                                                         ("wd", 0.5), ("wd", 1.0)]
+    assert [(c["name"], c["fraction"]) for c in table["data_curve"]] == [
+        ("alpha5", 0.5),
+        ("alpha5", 1.0),
+        ("wd", 0.5),
+        ("wd", 1.0),
+    ]
     half = next(c for c in table["data_curve"] if c["fraction"] == 0.5 and c["name"] == "alpha5")
     assert half["paired"]["heldout_nll"]["ci"][1] < 0  # paired with the same-fraction baseline
 

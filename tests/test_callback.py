@@ -1,5 +1,6 @@
 """The drop-in: TRL SFTTrainer with packing=True gets alpha^2/3 per packed sequence with
 NEFTuneCallback, where transformers' own neftune_noise_alpha gives about alpha^2/(3k)."""
+
 import pytest
 import torch
 
@@ -20,8 +21,11 @@ def _run(tmp_path, model_dir, tok, use_callback):
     batch = {}
 
     def pre(mod, args, kwargs):
-        batch.update(position_ids=kwargs.get("position_ids"), attention_mask=kwargs.get("attention_mask"),
-                     input_ids=kwargs.get("input_ids"))
+        batch.update(
+            position_ids=kwargs.get("position_ids"),
+            attention_mask=kwargs.get("attention_mask"),
+            input_ids=kwargs.get("input_ids"),
+        )
 
     def measure(mod, inputs, output):
         if not mod.training:
@@ -36,12 +40,23 @@ def _run(tmp_path, model_dir, tok, use_callback):
     model.model.register_forward_pre_hook(pre, with_kwargs=True)
     texts = [" ".join(["hello world"] * (3 + i % 5)) for i in range(64)]
     ds = Dataset.from_dict({"text": texts})
-    args = trl.SFTConfig(output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=1, packing=True,
-                         max_length=128, report_to=[], logging_steps=1, save_strategy="no", use_cpu=True,
-                         neftune_noise_alpha=None if use_callback else ALPHA, dataset_text_field="text")
+    args = trl.SFTConfig(
+        output_dir=str(tmp_path),
+        max_steps=2,
+        per_device_train_batch_size=1,
+        packing=True,
+        max_length=128,
+        report_to=[],
+        logging_steps=1,
+        save_strategy="no",
+        use_cpu=True,
+        neftune_noise_alpha=None if use_callback else ALPHA,
+        dataset_text_field="text",
+    )
     cb = NEFTuneCallback(alpha=ALPHA, seed=0)
-    trainer = trl.SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok,
-                             callbacks=[cb] if use_callback else None)
+    trainer = trl.SFTTrainer(
+        model=model, args=args, train_dataset=ds, processing_class=tok, callbacks=[cb] if use_callback else None
+    )
     # our measuring hook must run after the noise hook: register it once training has started
     orig = trainer.callback_handler.on_train_begin
 
@@ -94,10 +109,21 @@ def test_callback_placement_uses_the_trainers_labels(tmp_path, tiny_llama_dir):
 
 def _sft(tmp_path, model, tok, cb, trainer_cls=None, **cfg):
     texts = [" ".join(["hello world"] * (3 + i % 5)) for i in range(64)]
-    args = trl.SFTConfig(output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=1, packing=True, max_length=128,
-                         logging_steps=1, save_strategy="no", use_cpu=True, dataset_text_field="text", **cfg)
-    return (trainer_cls or trl.SFTTrainer)(model=model, args=args, train_dataset=Dataset.from_dict({"text": texts}),
-                                           processing_class=tok, callbacks=[cb])
+    args = trl.SFTConfig(
+        output_dir=str(tmp_path),
+        max_steps=2,
+        per_device_train_batch_size=1,
+        packing=True,
+        max_length=128,
+        logging_steps=1,
+        save_strategy="no",
+        use_cpu=True,
+        dataset_text_field="text",
+        **cfg,
+    )
+    return (trainer_cls or trl.SFTTrainer)(
+        model=model, args=args, train_dataset=Dataset.from_dict({"text": texts}), processing_class=tok, callbacks=[cb]
+    )
 
 
 def test_stats_reach_tensorboard(tmp_path, tiny_llama_dir, tiny_tokenizer):

@@ -1,6 +1,7 @@
 """A miniature `neftune compare` end to end: tiny Llama, tiny data, baseline + alpha5 x 2 seeds.
 Checks that compare.json's numbers are exactly the runs' own, that the wall time is split by stage, and
 that a rerun reuses every stage. (The report itself is tested in tests/test_report.py.)"""
+
 import json
 import math
 import re
@@ -15,12 +16,32 @@ DATA = str(Path(__file__).parent / "assets" / "tiny_alpaca.jsonl")
 
 
 def sweep_cfg(model_dir, out):
-    return load_config(None, [
-        f"model={model_dir}", f"output_dir={out}", f"data.path={DATA}", "data.eval_size=4", "data.max_length=256",
-        "max_steps=2", "per_device_train_batch_size=4", "learning_rate=1e-3", "save_steps=0", "logging_steps=1",
-        "clean_loss_steps=1", "report_to=[jsonl]", "eval.sets=[heldout]", "eval.num_samples=4", "eval.max_new_tokens=8",
-        "eval.overfit_samples=4", "eval.capability_samples=4", "eval.judge=offline", "eval.bootstrap=50",
-        "compare.variants=[{name: alpha5, neftune_noise_alpha: 5}]", "compare.seeds=[0, 1]"])
+    return load_config(
+        None,
+        [
+            f"model={model_dir}",
+            f"output_dir={out}",
+            f"data.path={DATA}",
+            "data.eval_size=4",
+            "data.max_length=256",
+            "max_steps=2",
+            "per_device_train_batch_size=4",
+            "learning_rate=1e-3",
+            "save_steps=0",
+            "logging_steps=1",
+            "clean_loss_steps=1",
+            "report_to=[jsonl]",
+            "eval.sets=[heldout]",
+            "eval.num_samples=4",
+            "eval.max_new_tokens=8",
+            "eval.overfit_samples=4",
+            "eval.capability_samples=4",
+            "eval.judge=offline",
+            "eval.bootstrap=50",
+            "compare.variants=[{name: alpha5, neftune_noise_alpha: 5}]",
+            "compare.seeds=[0, 1]",
+        ],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -37,12 +58,19 @@ def _file_value(run: Path, key: str):
     judge = res["sets"]["heldout"].get("judge") or {}
     clean = [json.loads(l).get("clean_loss") for l in (run / "metrics.jsonl").read_text().splitlines()]
     clean = [c for c in clean if c is not None]
-    return {"heldout.win_rate": judge.get("win_rate"), "heldout.lc_win_rate": judge.get("lc_win_rate"),
-            "heldout.avg_chars": res["sets"]["heldout"]["length"]["chars_mean"],
-            "heldout.diversity": res["sets"]["heldout"]["diversity"]["diversity"],
-            "rouge_l": res["overfit"]["rouge_l"], "bleu": res["overfit"]["bleu"], "heldout_loss": res["heldout_loss"],
-            "capability": res["capability"]["accuracy"], "train_loss": summ["train_loss"],
-            "clean_loss": clean[-1] if clean else None, "train_wall_time_s": summ["wall_time_s"]}[key]
+    return {
+        "heldout.win_rate": judge.get("win_rate"),
+        "heldout.lc_win_rate": judge.get("lc_win_rate"),
+        "heldout.avg_chars": res["sets"]["heldout"]["length"]["chars_mean"],
+        "heldout.diversity": res["sets"]["heldout"]["diversity"]["diversity"],
+        "rouge_l": res["overfit"]["rouge_l"],
+        "bleu": res["overfit"]["bleu"],
+        "heldout_loss": res["heldout_loss"],
+        "capability": res["capability"]["accuracy"],
+        "train_loss": summ["train_loss"],
+        "clean_loss": clean[-1] if clean else None,
+        "train_wall_time_s": summ["wall_time_s"],
+    }[key]
 
 
 def test_table_numbers_are_the_runs_numbers(sweep):
@@ -51,7 +79,9 @@ def test_table_numbers_are_the_runs_numbers(sweep):
     assert on_disk == json.loads(json.dumps(table))
     assert [r["name"] for r in on_disk["rows"]] == ["baseline", "alpha5"]
     for name in ("baseline-seed0", "baseline-seed1", "alpha5-seed0", "alpha5-seed1"):
-        assert (out / "runs" / name / "summary.json").exists() and (out / "runs" / name / "eval" / "results.json").exists()
+        assert (out / "runs" / name / "summary.json").exists() and (
+            out / "runs" / name / "eval" / "results.json"
+        ).exists()
     assert (out / "config.yaml").exists()
     for row in on_disk["rows"]:
         assert row["seeds"] == [0, 1]
@@ -70,7 +100,9 @@ def test_table_numbers_are_the_runs_numbers(sweep):
         res = json.loads((out / "runs" / f"alpha5-seed{s}" / "eval" / "results.json").read_text())
         assert Path(res["against"]).name == f"baseline-seed{s}"
     sel = on_disk["selection"]  # one of the two sentences, from paired intervals (tests/test_aggregate.py)
-    assert sel["chosen"] in (None, "alpha5") and ("beats the baseline" in sel["statement"]) == (sel["chosen"] is not None)
+    assert sel["chosen"] in (None, "alpha5") and ("beats the baseline" in sel["statement"]) == (
+        sel["chosen"] is not None
+    )
     assert (out / "report" / "index.html").exists() and (out / "report" / "report.md").exists()
 
 
@@ -100,9 +132,9 @@ def test_rerun_reuses_every_run_and_eval(sweep, tiny_llama_dir, monkeypatch, cap
     again = compare(sweep_cfg(tiny_llama_dir, out))
     printed = capsys.readouterr().out
     # 4 runs trained, 4 generated, 2 variants judged: every stage reused
-    assert len(re.findall(r"^\[compare\] \d+/10 (train|generate|judge) \S+ .*reused", printed, re.MULTILINE)) == 10, printed
+    assert len(re.findall(r"^\[compare\] \d+/10 (train|generate|judge) \S+ .*reused", printed, re.MULTILINE)) == 10, (
+        printed
+    )
     assert {p: p.stat().st_mtime_ns for p in files} == before
     assert again["rows"] == json.loads(json.dumps(table["rows"]))
     assert "report:" in printed and "[compare] wall time" in printed
-
-

@@ -1,5 +1,6 @@
 """`neftune compare` killed with SIGKILL mid-sweep, then rerun: it resumes the half-trained run from
 its checkpoint and ends with exactly the numbers of an uninterrupted sweep."""
+
 import json
 import os
 import subprocess
@@ -10,14 +11,36 @@ DATA = str(Path(__file__).parent / "assets" / "tiny_alpaca.jsonl")
 
 
 def _compare(out, model_dir, env_extra=None):
-    args = [f"model={model_dir}", f"output_dir={out}", f"data.path={DATA}", "data.eval_size=4", "data.max_length=256",
-            "max_steps=4", "per_device_train_batch_size=4", "learning_rate=1e-3", "save_steps=2", "clean_loss_steps=2",
-            "report_to=[jsonl]", "eval.sets=[heldout]", "eval.num_samples=3", "eval.max_new_tokens=6",
-            "eval.overfit_samples=3", "eval.capability_samples=3", "eval.bootstrap=20",
-            "compare.variants=[{name: alpha5, neftune_noise_alpha: 5}]", "compare.seeds=[0]"]
+    args = [
+        f"model={model_dir}",
+        f"output_dir={out}",
+        f"data.path={DATA}",
+        "data.eval_size=4",
+        "data.max_length=256",
+        "max_steps=4",
+        "per_device_train_batch_size=4",
+        "learning_rate=1e-3",
+        "save_steps=2",
+        "clean_loss_steps=2",
+        "report_to=[jsonl]",
+        "eval.sets=[heldout]",
+        "eval.num_samples=3",
+        "eval.max_new_tokens=6",
+        "eval.overfit_samples=3",
+        "eval.capability_samples=3",
+        "eval.bootstrap=20",
+        "compare.variants=[{name: alpha5, neftune_noise_alpha: 5}]",
+        "compare.seeds=[0]",
+    ]
     env = {**os.environ, **(env_extra or {})}
-    return subprocess.run([sys.executable, "-m", "neftune.cli", "compare", *args], env=env, check=False, capture_output=True,
-                          text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "neftune.cli", "compare", *args],
+        env=env,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def _losses(run):

@@ -1,5 +1,6 @@
 """configs/rivals.yaml's variants (noise distributions, prompt-only, R3F, dropout, weight decay) run through
 `neftune compare` on a tiny model: a compare.json row per variant, each run trained with its overrides."""
+
 import json
 from pathlib import Path
 
@@ -25,7 +26,9 @@ def rivals_sweep(tmp_path_factory, tiny_llama_dir):
 
 def test_rivals_config_runs_through_compare(rivals_sweep):
     out, variants = rivals_sweep
-    assert {"alpha5", "alpha5-gauss", "alpha5-sym", "alpha5-prompt", "r3f", "dropout", "wd"} <= {v["name"] for v in variants}
+    assert {"alpha5", "alpha5-gauss", "alpha5-sym", "alpha5-prompt", "r3f", "dropout", "wd"} <= {
+        v["name"] for v in variants
+    }
     rows = json.loads((out / "compare.json").read_text())["rows"]
     assert [r["name"] for r in rows] == ["baseline"] + [v["name"] for v in variants]
     for v in variants:

@@ -1,5 +1,6 @@
 """Config: YAML + key=value overrides, typed validation, and fuzzing: every input either loads or
 raises ConfigError naming the file / override and the problem."""
+
 import string
 
 import pytest
@@ -21,14 +22,17 @@ def test_yaml_overrides_and_roundtrip(tmp_path):
     assert from_dict(yaml.safe_load((tmp_path / "out.yaml").read_text())) == cfg
 
 
-@pytest.mark.parametrize("text,needle", [
-    ("learning_rate: [1, 2]\n", "learning_rate"),
-    ("data: 3\n", "data"),
-    ("nope: 1\n", "unknown config key 'nope'"),
-    ("a: [\n", "c.yaml:"),
-    ("neftune_noise_alpha: -1\n", "neftune_noise_alpha"),
-    ("data:\n  max_lenght: 3\n", "did you mean 'data.max_length'"),
-])
+@pytest.mark.parametrize(
+    "text,needle",
+    [
+        ("learning_rate: [1, 2]\n", "learning_rate"),
+        ("data: 3\n", "data"),
+        ("nope: 1\n", "unknown config key 'nope'"),
+        ("a: [\n", "c.yaml:"),
+        ("neftune_noise_alpha: -1\n", "neftune_noise_alpha"),
+        ("data:\n  max_lenght: 3\n", "did you mean 'data.max_length'"),
+    ],
+)
 def test_bad_files_name_the_problem(tmp_path, text, needle):
     p = tmp_path / "c.yaml"
     p.write_text(text)
@@ -48,12 +52,24 @@ def test_every_field_has_a_docstring():
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.one_of(st.binary(max_size=200), st.text(max_size=200).map(str.encode),
-                 st.dictionaries(st.sampled_from(["learning_rate", "data", "lora", "max_steps", "x", "report_to", "seed"]),
-                                 st.one_of(st.none(), st.integers(), st.floats(allow_nan=True), st.text(max_size=5),
-                                           st.lists(st.integers(), max_size=3),
-                                           st.dictionaries(st.text(string.ascii_lowercase, max_size=8), st.integers(), max_size=2)),
-                                 max_size=4).map(lambda d: yaml.safe_dump(d).encode())))
+@given(
+    st.one_of(
+        st.binary(max_size=200),
+        st.text(max_size=200).map(str.encode),
+        st.dictionaries(
+            st.sampled_from(["learning_rate", "data", "lora", "max_steps", "x", "report_to", "seed"]),
+            st.one_of(
+                st.none(),
+                st.integers(),
+                st.floats(allow_nan=True),
+                st.text(max_size=5),
+                st.lists(st.integers(), max_size=3),
+                st.dictionaries(st.text(string.ascii_lowercase, max_size=8), st.integers(), max_size=2),
+            ),
+            max_size=4,
+        ).map(lambda d: yaml.safe_dump(d).encode()),
+    )
+)
 def test_fuzz_config_files(tmp_path, data):
     p = tmp_path / "fuzz.yaml"
     p.write_bytes(data)
@@ -80,16 +96,19 @@ def test_closed_choices_come_from_the_literal_types():
     assert "none" in choices(Config, "report_to")
 
 
-@pytest.mark.parametrize("override, needles", [
-    ("eval.parts=[generate, judg]", ["eval.parts", "'judg' is not one of", "did you mean 'judge'"]),
-    ("eval.judge=gpt4", ["eval.judge", "offline|llm|none"]),
-    ("data.template=chatml", ["data.template", "alpaca|chat"]),
-    ("compare.select_by=winrate", ["compare.select_by", "did you mean 'win_rate'"]),
-    ("report_to=[wandb]", ["report_to", "jsonl|tensorboard|none"]),
-    ("lr_scheduler_type=cosin", ["lr_scheduler_type", "did you mean 'cosine'"]),
-    ("data.eval_size=0", ["data.eval_size"]),
-    ("compare.variants=[{name: x, lora: {r: -1}}]", ["compare.variants[0] (x)", "lora.r must be >= 0"]),
-])
+@pytest.mark.parametrize(
+    "override, needles",
+    [
+        ("eval.parts=[generate, judg]", ["eval.parts", "'judg' is not one of", "did you mean 'judge'"]),
+        ("eval.judge=gpt4", ["eval.judge", "offline|llm|none"]),
+        ("data.template=chatml", ["data.template", "alpaca|chat"]),
+        ("compare.select_by=winrate", ["compare.select_by", "did you mean 'win_rate'"]),
+        ("report_to=[wandb]", ["report_to", "jsonl|tensorboard|none"]),
+        ("lr_scheduler_type=cosin", ["lr_scheduler_type", "did you mean 'cosine'"]),
+        ("data.eval_size=0", ["data.eval_size"]),
+        ("compare.variants=[{name: x, lora: {r: -1}}]", ["compare.variants[0] (x)", "lora.r must be >= 0"]),
+    ],
+)
 def test_bad_choices_fail_at_load_naming_key_and_values(override, needles):
     with pytest.raises(ConfigError) as e:
         load_config(None, [override])

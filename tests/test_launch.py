@@ -1,6 +1,7 @@
 """`neftune compare` through Ray (compare.launcher=ray, 2 workers on a local 2-CPU Ray) against the serial
 sweep: the same compare.json numbers, the runs really ran at the same time, and a failing run surfaces as
 a NeftuneError naming it. Both sweeps run with 1 torch thread per run, so float summation order is the same."""
+
 import json
 import os
 from pathlib import Path
@@ -18,20 +19,45 @@ ray = pytest.importorskip("ray")
 
 
 def sweep_cfg(model_dir, out, *extra):
-    return load_config(None, [
-        f"model={model_dir}", f"output_dir={out}", f"data.path={DATA}", "data.eval_size=4", "data.max_length=256",
-        "max_steps=2", "per_device_train_batch_size=4", "learning_rate=1e-3", "save_steps=0", "logging_steps=1",
-        "clean_loss_steps=1", "report_to=[jsonl]", "eval.sets=[heldout]", "eval.num_samples=4", "eval.max_new_tokens=8",
-        "eval.overfit_samples=4", "eval.capability_samples=4", "eval.judge=offline", "eval.bootstrap=50",
-        "compare.variants=[{name: alpha5, neftune_noise_alpha: 5}]", "compare.seeds=[0]", *extra])
+    return load_config(
+        None,
+        [
+            f"model={model_dir}",
+            f"output_dir={out}",
+            f"data.path={DATA}",
+            "data.eval_size=4",
+            "data.max_length=256",
+            "max_steps=2",
+            "per_device_train_batch_size=4",
+            "learning_rate=1e-3",
+            "save_steps=0",
+            "logging_steps=1",
+            "clean_loss_steps=1",
+            "report_to=[jsonl]",
+            "eval.sets=[heldout]",
+            "eval.num_samples=4",
+            "eval.max_new_tokens=8",
+            "eval.overfit_samples=4",
+            "eval.capability_samples=4",
+            "eval.judge=offline",
+            "eval.bootstrap=50",
+            "compare.variants=[{name: alpha5, neftune_noise_alpha: 5}]",
+            "compare.seeds=[0]",
+            *extra,
+        ],
+    )
 
 
 @pytest.fixture(scope="module")
 def local_ray():
     # workers import this checkout's neftune (not another install of it); 2 CPUs = 2 one-thread workers
     root = str(Path(neftune.__file__).resolve().parents[1])
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=80 * 1024**2,
-             runtime_env={"env_vars": {"PYTHONPATH": root, "OMP_NUM_THREADS": "1"}})
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        object_store_memory=80 * 1024**2,
+        runtime_env={"env_vars": {"PYTHONPATH": root, "OMP_NUM_THREADS": "1"}},
+    )
     try:
         yield
     finally:
@@ -50,8 +76,11 @@ def serial_table(tmp_path_factory, tiny_llama_dir):
 
 def _numbers(table):
     """Per-run values of every metric but the wall time."""
-    return {(row["name"], run): {k: s["values"][i] for k, s in row["metrics"].items() if k != "train_wall_time_s"}
-            for row in table["rows"] for i, run in enumerate(row["runs"])}
+    return {
+        (row["name"], run): {k: s["values"][i] for k, s in row["metrics"].items() if k != "train_wall_time_s"}
+        for row in table["rows"]
+        for i, run in enumerate(row["runs"])
+    }
 
 
 def test_ray_sweep_equals_serial_and_runs_concurrently(local_ray, serial_table, tmp_path, tiny_llama_dir):

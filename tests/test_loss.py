@@ -1,4 +1,5 @@
 """Chunked cross-entropy equals the unchunked loss in value and gradients, with fewer live logits."""
+
 from __future__ import annotations
 
 import pytest

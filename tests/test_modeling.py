@@ -1,14 +1,22 @@
 """The supervised-positions loss equals the model's own loss, also for families that transform the
 head's logits (Gemma soft-capping, Granite logits_scaling, Cohere logit_scale); an unknown
 transform is refused at load time."""
+
 import pytest
 import torch
 
 from neftune.errors import NeftuneError
 from neftune.modeling import check_loss_transform, supervised_loss
 
-TINY = {"vocab_size": 120, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-        "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 64}
+TINY = {
+    "vocab_size": 120,
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 64,
+}
 
 
 def _granite():
@@ -26,8 +34,15 @@ def _cohere():
 def _gemma():
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
-    return Gemma3ForCausalLM(Gemma3TextConfig(**TINY, head_dim=8, sliding_window=16, final_logit_softcapping=0.5,
-                                              layer_types=["sliding_attention", "full_attention"]))
+    return Gemma3ForCausalLM(
+        Gemma3TextConfig(
+            **TINY,
+            head_dim=8,
+            sliding_window=16,
+            final_logit_softcapping=0.5,
+            layer_types=["sliding_attention", "full_attention"],
+        )
+    )
 
 
 def _batch(vocab=120):
@@ -69,7 +84,7 @@ def test_unknown_logit_transform_is_refused(monkeypatch):
 
     torch.manual_seed(0)
     m = _granite()
-    monkeypatch.setattr(modeling, "logit_transform", lambda model: (lambda logits: logits))  # a family we don't know
+    monkeypatch.setattr(modeling, "logit_transform", lambda model: lambda logits: logits)  # a family we don't know
     with pytest.raises(NeftuneError, match="logit transform"):
         check_loss_transform(m)
 
@@ -87,8 +102,10 @@ def test_per_example_loss_is_each_examples_own_mean_nll_and_pools_to_heldout_los
     per = per_example_loss(model, examples, batch_size=3, pad_token_id=0)
     for ex, (nll, k) in zip(examples[:3], per):
         ids = torch.tensor([ex["input_ids"]])
-        alone, n = supervised_loss(model.eval(), {"input_ids": ids, "attention_mask": torch.ones_like(ids),
-                                                  "labels": torch.tensor([ex["labels"]])})
+        alone, n = supervised_loss(
+            model.eval(),
+            {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": torch.tensor([ex["labels"]])},
+        )
         assert k == n and abs(nll - float(alone)) < 1e-5
     assert per[3][1] == 0 and per[3][0] != per[3][0]  # nan: no loss without a supervised token
     pooled = sum(a * k for a, k in per[:3]) / sum(k for _, k in per[:3])

@@ -1,4 +1,5 @@
 """NEFTune core: per-sequence energy alpha^2/3, zero on padding / eval / generate, packing-invariant."""
+
 import math
 
 import pytest
@@ -34,8 +35,9 @@ def _energy_ratios(alpha, dist, B, T, d, lengths, trials, gen, token_mask=None):
         mask[b, :L] = 1
     out = []
     for _ in range(trials):
-        n = neftune_noise(torch.zeros(B, T, d), alpha, attention_mask=mask, distribution=dist, generator=gen,
-                          token_mask=token_mask)
+        n = neftune_noise(
+            torch.zeros(B, T, d), alpha, attention_mask=mask, distribution=dist, generator=gen, token_mask=token_mask
+        )
         assert torch.all(n[mask == 0] == 0)
         if token_mask is not None:
             assert torch.all(n[~token_mask] == 0)
@@ -60,7 +62,7 @@ def test_energy_per_sequence_is_alpha2_over_3_for_many_shapes(dist, placement):
         # each sequence separately, averaged over trials: within 4 standard errors of 1. A sequence's
         # ratio is the mean of n*d iid x^2/E[x^2] (n = its noised tokens), whose variance is
         # E[x^4]/E[x^2]^2 - 1: 0.8 uniform, 2 gaussian, 0 symmetric (+-1: the energy is exact)
-        n = (tmask if tmask is not None else torch.ones(B, T, dtype=torch.bool))
+        n = tmask if tmask is not None else torch.ones(B, T, dtype=torch.bool)
         n = torch.stack([n[b, :L].sum() for b, L in enumerate(lengths)]).float()
         se = torch.sqrt(VAR_X2[dist] / (n * d * 60))
         assert torch.all((r.mean(0) - 1).abs() <= 4 * se + 1e-5), (B, T, d, lengths, r.mean(0), se)
@@ -68,7 +70,9 @@ def test_energy_per_sequence_is_alpha2_over_3_for_many_shapes(dist, placement):
 
 def test_transformers_row_length_scaling_is_what_we_fix():
     """Under the padded-row scaling the energy of a short sequence would be L/T of alpha^2/3."""
-    n = neftune_noise(torch.zeros(1, 100, 64), 5.0, attention_mask=torch.cat([torch.ones(1, 10), torch.zeros(1, 90)], 1))
+    n = neftune_noise(
+        torch.zeros(1, 100, 64), 5.0, attention_mask=torch.cat([torch.ones(1, 10), torch.zeros(1, 90)], 1)
+    )
     L = per_token_length(*document_ids((1, 100), torch.cat([torch.ones(1, 10), torch.zeros(1, 90)], 1)))
     assert L[0, 0] == 10 and n[0, 10:].abs().sum() == 0
 
@@ -82,8 +86,9 @@ def test_packed_documents_each_get_their_own_energy(dist, placement):
     tmask = placement_mask(_labels_for(lens, None, torch.Generator().manual_seed(1), packed=True), placement)
     ratios = []
     for _ in range(200):
-        n = neftune_noise(torch.zeros(1, pos.shape[1], 32), 5.0, position_ids=pos, generator=gen,
-                          distribution=dist, token_mask=tmask)
+        n = neftune_noise(
+            torch.zeros(1, pos.shape[1], 32), 5.0, position_ids=pos, generator=gen, distribution=dist, token_mask=tmask
+        )
         if tmask is not None:
             assert torch.all(n[~tmask] == 0)
         e = sequence_energy(n, position_ids=pos, token_mask=tmask)
@@ -112,7 +117,7 @@ def test_same_scale_padded_packed_and_padding_free():
     assert torch.equal(packed2[0, : sum(lens)], expect)
     # identical noise magnitude: |noise| <= alpha/sqrt(L d) and the bound is attained per sequence
     n = neftune_noise(torch.zeros(1, sum(lens), 1000), 5.0, position_ids=pos)
-    for i, (s, L) in enumerate(zip([0, 4, 11], lens)):
+    for s, L in zip([0, 4, 11], lens):
         m = n[0, s : s + L].abs().max()
         assert 0.95 * 5 / math.sqrt(L * 1000) < m <= 5 / math.sqrt(L * 1000) + 1e-7
 
@@ -148,6 +153,8 @@ def test_dtype_preserved():
 # every distribution and every placement at least once through the hook (the function-level tests above
 # cover all 9 combinations statistically; these check the wiring, and forwards are slow on CPU)
 HOOK_CASES = [("uniform", "all"), ("gaussian", "prompt"), ("symmetric", "response")]
+
+
 @pytest.fixture(params=["llama", "gemma"])
 def model(request, tiny_llama_dir, tiny_gemma_dir):
     path = tiny_llama_dir if request.param == "llama" else tiny_gemma_dir
@@ -231,8 +238,9 @@ def test_packed_forward_per_document_stats(model, dist, placement):
     pos = torch.cat([torch.arange(L) for L in lens]).unsqueeze(0)
     ids = torch.randint(3, 100, (1, sum(lens)))
     labels = _labels_for(lens, None, torch.Generator().manual_seed(2), packed=True)
-    with neftune.activate(model, 5.0, generator=torch.Generator().manual_seed(0), distribution=dist,
-                          placement=placement) as h:
+    with neftune.activate(
+        model, 5.0, generator=torch.Generator().manual_seed(0), distribution=dist, placement=placement
+    ) as h:
         for _ in range(100):
             model(input_ids=ids, position_ids=pos, use_cache=False, labels=labels)
         s = h.pop_stats()
@@ -254,8 +262,9 @@ def test_gradients_flow_and_gradient_checkpointing(model):
 def test_lora_peft_model(tiny_llama_dir):
     from peft import LoraConfig, get_peft_model
 
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_llama_dir),
-                           LoraConfig(r=4, target_modules="all-linear"))
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(tiny_llama_dir), LoraConfig(r=4, target_modules="all-linear")
+    )
     model.train()
     ids = torch.randint(3, 100, (2, 10))
     mask = torch.ones_like(ids)
@@ -289,8 +298,9 @@ def _noise_of(model, ids, mask):
     """The noise the hook added to the embedding output of one training forward."""
     emb = model.get_input_embeddings()
     got = {}
-    h = emb.register_forward_hook(lambda m, i, o: got.setdefault("n", (o - torch.nn.functional.embedding(i[0], m.weight))
-                                                                  .detach()))
+    h = emb.register_forward_hook(
+        lambda m, i, o: got.setdefault("n", (o - torch.nn.functional.embedding(i[0], m.weight)).detach())
+    )
     try:
         model(input_ids=ids, attention_mask=mask, use_cache=False)
     finally:
@@ -303,8 +313,10 @@ def test_prefix_tuning_cache_in_training_is_noised_per_sequence(tiny_llama_dir):
     tokens with their own lengths (the mask peft extends by the prefix), never skip silently."""
     from peft import PrefixTuningConfig, get_peft_model
 
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_llama_dir),
-                           PrefixTuningConfig(num_virtual_tokens=4, task_type="CAUSAL_LM")).train()
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(tiny_llama_dir),
+        PrefixTuningConfig(num_virtual_tokens=4, task_type="CAUSAL_LM"),
+    ).train()
     ids = torch.randint(3, 100, (2, 10))
     mask = torch.ones_like(ids)
     mask[1, 6:] = 0
@@ -323,8 +335,15 @@ def _tiny_llava(tiny_llama_dir):
     from transformers import AutoConfig, CLIPVisionConfig, LlavaConfig, LlavaForConditionalGeneration
 
     text = AutoConfig.from_pretrained(tiny_llama_dir)
-    vision = CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-                              image_size=16, patch_size=8, projection_dim=16)
+    vision = CLIPVisionConfig(
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        image_size=16,
+        patch_size=8,
+        projection_dim=16,
+    )
     torch.manual_seed(0)
     return LlavaForConditionalGeneration(LlavaConfig(text_config=text, vision_config=vision, image_token_index=3))
 

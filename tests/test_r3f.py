@@ -1,4 +1,5 @@
 """R3F consistency term: zero at alpha=0, positive with noise, gradients through both passes, runs in training."""
+
 import json
 from pathlib import Path
 
@@ -81,8 +82,16 @@ def test_training_step_with_r3f_runs(tmp_path, tiny_llama_dir):
     from neftune.train import train
     from tests.test_train import cfg_for
 
-    summary = train(cfg_for(tiny_llama_dir, tmp_path / "run", "max_steps=2", "r3f_lambda=0.5", "save_steps=0",
-                            "neftune_placement=prompt"))
+    summary = train(
+        cfg_for(
+            tiny_llama_dir,
+            tmp_path / "run",
+            "max_steps=2",
+            "r3f_lambda=0.5",
+            "save_steps=0",
+            "neftune_placement=prompt",
+        )
+    )
     assert summary["steps"] == 2
     recs = [json.loads(line) for line in Path(tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in recs if "loss" in r]

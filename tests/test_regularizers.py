@@ -1,4 +1,5 @@
 """model_dropout: the architecture's own dropout, set at load time; active in training mode only."""
+
 import pytest
 import torch
 
@@ -36,8 +37,9 @@ def test_zero_is_no_override_and_no_dropout_key_is_refused(tmp_path, tiny_llama_
 def test_config_keys_validated():
     from neftune.config import load_config
 
-    cfg = load_config(None, ["model_dropout=0.1", "r3f_lambda=0.5", "neftune_placement=prompt",
-                             "neftune_distribution=symmetric"])
+    cfg = load_config(
+        None, ["model_dropout=0.1", "r3f_lambda=0.5", "neftune_placement=prompt", "neftune_distribution=symmetric"]
+    )
     assert (cfg.model_dropout, cfg.r3f_lambda, cfg.neftune_placement) == (0.1, 0.5, "prompt")
     for bad in ("model_dropout=1.0", "r3f_lambda=-1", "neftune_placement=middle", "neftune_distribution=laplace"):
         with pytest.raises(ConfigError):

@@ -1,6 +1,7 @@
 """The sweep report, built from a synthetic sweep directory (files only, no training): every figure
 and section is drawn from the files, HTML and Markdown carry the same content with data escaped,
 and the page renders in headless Chromium with every figure decoded."""
+
 import html
 import re
 import shutil
@@ -22,18 +23,39 @@ from neftune.report import (
     write_report,
 )
 
-HEADINGS = ("Decision", "Paired differences to the baseline (variant − baseline, 95% interval)",
-            "Answers that hit the token cap", "NEFTune vs the alternatives", "Clean training loss per epoch",
-            "Data-size study", "Figures", "Wall time", "Runs", "Caveats", "Resolved sweep config")
+HEADINGS = (
+    "Decision",
+    "Paired differences to the baseline (variant − baseline, 95% interval)",
+    "Answers that hit the token cap",
+    "NEFTune vs the alternatives",
+    "Clean training loss per epoch",
+    "Data-size study",
+    "Figures",
+    "Wall time",
+    "Runs",
+    "Caveats",
+    "Resolved sweep config",
+)
 
 
 def make_sweep(root: Path, judge: str = "offline", fractions=(), effects=None) -> tuple:
     """A finished sweep (baseline, alpha5 with a planted effect, a weight-decay baseline) x 2 seeds."""
-    cfg = synthetic_sweep.make_sweep(root, {"alpha5": 1.0, "wd": 0.0} if effects is None else effects,
-                                     alphas={"wd": 0.0}, judge=judge, fractions=fractions, n=16)
+    cfg = synthetic_sweep.make_sweep(
+        root,
+        {"alpha5": 1.0, "wd": 0.0} if effects is None else effects,
+        alphas={"wd": 0.0},
+        judge=judge,
+        fractions=fractions,
+        n=16,
+    )
     table = aggregate(root, cfg, n_boot=200)
-    table["wall_time"] = {"stages_s": {"training": 10.0, "generation": 5.0}, "other_s": 1.0, "total_s": 16.0,
-                          "install_s": None, "note": "synthetic"}
+    table["wall_time"] = {
+        "stages_s": {"training": 10.0, "generation": 5.0},
+        "other_s": 1.0,
+        "total_s": 16.0,
+        "install_s": None,
+        "note": "synthetic",
+    }
     return cfg, table
 
 
@@ -83,8 +105,13 @@ def test_html_and_markdown_escape_data_and_drop_figures_without_data(tmp_path):
 def _chromium():
     exe = shutil.which("chromium")
     if exe is None:
-        subprocess.run("apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium",
-                       shell=True, check=False, capture_output=True, timeout=600)
+        subprocess.run(
+            "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium",
+            shell=True,
+            check=False,
+            capture_output=True,
+            timeout=600,
+        )
         exe = shutil.which("chromium")
     if exe is None:
         pytest.skip("chromium is not installed and could not be installed (apt-get install chromium)")
@@ -98,11 +125,26 @@ def test_report_renders_in_headless_chromium(tmp_path):
     assert "http://" not in page and "https://" not in page  # self-contained, opens offline
     assert (index.parent / "report.md").exists() and len(list(index.parent.glob("*.png"))) >= 4
     exe = _chromium()
-    flags = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'profile'}"]
-    dom = subprocess.run(flags + ["--virtual-time-budget=5000", "--dump-dom", index.as_uri()],
-                         check=False, capture_output=True, text=True, timeout=120).stdout
+    flags = [
+        exe,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ]
+    dom = subprocess.run(
+        flags + ["--virtual-time-budget=5000", "--dump-dom", index.as_uri()],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout
     m = re.search(r'data-images-loaded="(\d+)/(\d+)"', dom)
     assert m, dom[:2000]
     assert int(m.group(2)) >= 4 and m.group(1) == m.group(2), m.group(0)  # every embedded figure decoded
@@ -110,6 +152,10 @@ def test_report_renders_in_headless_chromium(tmp_path):
     for needle in ("win rate", "LC win rate", "alpha5 beats the baseline", "NEFTune vs the alternatives", "Caveats"):
         assert needle in text, needle
     shot = tmp_path / "shot.png"
-    subprocess.run(flags + [f"--screenshot={shot}", "--window-size=1280,4000", "--hide-scrollbars", index.as_uri()],
-                   check=False, capture_output=True, timeout=120)
+    subprocess.run(
+        flags + [f"--screenshot={shot}", "--window-size=1280,4000", "--hide-scrollbars", index.as_uri()],
+        check=False,
+        capture_output=True,
+        timeout=120,
+    )
     assert shot.exists() and shot.stat().st_size > 20_000

@@ -1,5 +1,6 @@
 """neftune.rundir: the one owner of the run-directory layout. Atomic writes, checkpoint naming and
 listing, typed reads, and a guard that no other module spells a run-directory path itself."""
+
 import ast
 import os
 from pathlib import Path
@@ -11,9 +12,24 @@ from neftune import rundir
 from neftune.config import load_config
 from neftune.errors import NeftuneError
 
-RUN_FILES = ("summary.json", "config.yaml", "metrics.jsonl", "checkpoint-", "trainer_state.json", "results.json",
-             "heldout.jsonl", "train.jsonl", "summary.md", "compare.json", "scores.json", "generations/", "eval/",
-             "judgments", ".partial.jsonl", ".meta.json")
+RUN_FILES = (
+    "summary.json",
+    "config.yaml",
+    "metrics.jsonl",
+    "checkpoint-",
+    "trainer_state.json",
+    "results.json",
+    "heldout.jsonl",
+    "train.jsonl",
+    "summary.md",
+    "compare.json",
+    "scores.json",
+    "generations/",
+    "eval/",
+    "judgments",
+    ".partial.jsonl",
+    ".meta.json",
+)
 # Prose for users (help text) may name the layout, as docs do.
 PROSE = {"cli.py": ("writes RUN_DIR/eval/",)}
 
@@ -43,7 +59,10 @@ def test_checkpoint_naming_listing_commit_and_cleanup(tmp_path):
     rundir.checkpoint_path(run, 12).mkdir()  # no trainer_state: a copy cut short, never listed
     rundir.checkpoint_tmp_path(run, 14).mkdir()  # a kill during a save
     assert [p.name for p in rundir.list_checkpoints(run)] == ["checkpoint-2", "checkpoint-4", "checkpoint-10"]
-    assert rundir.latest_checkpoint(run) == rundir.checkpoint_path(run, 10) and rundir.checkpoint_step(run / "checkpoint-10") == 10
+    assert (
+        rundir.latest_checkpoint(run) == rundir.checkpoint_path(run, 10)
+        and rundir.checkpoint_step(run / "checkpoint-10") == 10
+    )
     assert rundir.remove_incomplete_checkpoints(run) == [".tmp-checkpoint-14"]
     tmp = rundir.checkpoint_tmp_path(run, 16)
     tmp.mkdir()
@@ -68,7 +87,9 @@ def test_typed_reads(tmp_path):
     rundir.write_summary(tmp_path, {"steps": 3})
     assert rundir.read_summary(tmp_path) == {"steps": 3} and rundir.is_finished(tmp_path)
     assert rundir.read_generations(tmp_path, "heldout") == [] and rundir.read_results(tmp_path) == {}
-    assert rundir.sweep_run_dir(tmp_path, rundir.run_name("alpha5", 1, 0.5)) == tmp_path / "runs" / "alpha5-frac0.5-seed1"
+    assert (
+        rundir.sweep_run_dir(tmp_path, rundir.run_name("alpha5", 1, 0.5)) == tmp_path / "runs" / "alpha5-frac0.5-seed1"
+    )
 
 
 def _code_strings(path: Path):
@@ -89,6 +110,9 @@ def test_no_run_directory_path_outside_rundir():
         text = f.read_text(encoding="utf-8")
         if "yaml.safe_load" in text and f.name != "config.py":
             offenders.append(f"{f.relative_to(pkg)}: yaml.safe_load (read run configs with rundir.read_config)")
-        offenders += [f"{f.relative_to(pkg)}:{line}: {s!r}" for line, s in _code_strings(f)
-                      if any(r in s for r in RUN_FILES) and not any(p in s for p in PROSE.get(f.name, ()))]
+        offenders += [
+            f"{f.relative_to(pkg)}:{line}: {s!r}"
+            for line, s in _code_strings(f)
+            if any(r in s for r in RUN_FILES) and not any(p in s for p in PROSE.get(f.name, ()))
+        ]
     assert not offenders, "\n".join(offenders)

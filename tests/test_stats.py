@@ -1,4 +1,5 @@
 """Paired statistics: hierarchical bootstrap, labelled spreads, design arithmetic and the decision."""
+
 from __future__ import annotations
 
 import math

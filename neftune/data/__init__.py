@@ -5,6 +5,7 @@ templates.py tokenize_example / prompt_text / prompt_ids: alpaca (paper) or chat
 collate.py   make_batches / pack_examples: padded or padding-free packed batches
 embedded.py  sharegpt_records / mtbench_records: offline datasets shipped in pip packages
 """
+
 from __future__ import annotations
 
 import random
@@ -18,9 +19,23 @@ from .embedded import mtbench_records, sharegpt_records
 from .formats import load_records
 from .templates import ALPACA_PROMPT, ALPACA_PROMPT_NO_INPUT, prompt_ids, prompt_text, reference, tokenize_example
 
-__all__ = ["DataBundle", "build_datasets", "load_records", "tokenize_example", "prompt_text", "prompt_ids",
-           "reference", "make_batches", "pack_examples", "sharegpt_records", "mtbench_records",
-           "ALPACA_PROMPT", "ALPACA_PROMPT_NO_INPUT", "prompt_key", "record_id"]
+__all__ = [
+    "DataBundle",
+    "build_datasets",
+    "load_records",
+    "tokenize_example",
+    "prompt_text",
+    "prompt_ids",
+    "reference",
+    "make_batches",
+    "pack_examples",
+    "sharegpt_records",
+    "mtbench_records",
+    "ALPACA_PROMPT",
+    "ALPACA_PROMPT_NO_INPUT",
+    "prompt_key",
+    "record_id",
+]
 
 
 @dataclass
@@ -63,8 +78,10 @@ def build_datasets(cfg, tokenizer) -> DataBundle:
         records = load_records(d.path, d.format, d.columns, d.on_bad_record, skipped)
     n_held = eval_count(d.eval_size, len(records))
     if len(records) <= n_held:
-        raise ConfigError(f"{d.path}: {len(records)} usable records, not enough for data.eval_size={d.eval_size} "
-                          f"({n_held} held-out examples) plus training data")
+        raise ConfigError(
+            f"{d.path}: {len(records)} usable records, not enough for data.eval_size={d.eval_size} "
+            f"({n_held} held-out examples) plus training data"
+        )
     order = list(records)
     random.Random(d.split_seed).shuffle(order)
     held, rest = order[:n_held], order[n_held:]
@@ -99,9 +116,14 @@ def build_datasets(cfg, tokenizer) -> DataBundle:
         return sum(sum(t != -100 for t in e["labels"]) if supervised else len(e["input_ids"]) for e in examples)
 
     info = {
-        "path": d.path, "template": d.template, "n_records": len(records),
-        "n_train": len(train_examples), "n_heldout": len(heldout_examples),
-        "train_tokens": count(train_examples), "train_supervised_tokens": count(train_examples, True),
-        "heldout_tokens": count(heldout_examples), "skipped": dict(skipped),
+        "path": d.path,
+        "template": d.template,
+        "n_records": len(records),
+        "n_train": len(train_examples),
+        "n_heldout": len(heldout_examples),
+        "train_tokens": count(train_examples),
+        "train_supervised_tokens": count(train_examples, True),
+        "heldout_tokens": count(heldout_examples),
+        "skipped": dict(skipped),
     }
     return DataBundle(train_records, heldout_records, train_examples, heldout_examples, skipped, info)

@@ -8,6 +8,7 @@ packed  padding-free: first-fit-decreasing bins of <= max_length tokens, `batch_
         restarts, so attention never crosses documents; the first label of every document is -100
         so no loss term predicts a document from the previous one.
 """
+
 from __future__ import annotations
 
 import random
@@ -62,9 +63,18 @@ def _packed_row(docs: list[dict]) -> dict:
     return {"input_ids": t(ids), "position_ids": t(pos), "labels": t(labels)}
 
 
-def make_batches(examples: list[dict], batch_size: int, *, packing: bool, max_length: int,
-                 pad_token_id: Optional[int], seed: int, epoch: int, group_by_length: bool = True,
-                 return_indices: bool = False):
+def make_batches(
+    examples: list[dict],
+    batch_size: int,
+    *,
+    packing: bool,
+    max_length: int,
+    pad_token_id: Optional[int],
+    seed: int,
+    epoch: int,
+    group_by_length: bool = True,
+    return_indices: bool = False,
+):
     """One epoch of batches. Same (seed, epoch) -> same batches; a new epoch reshuffles.
     return_indices: also return, per batch, the indices into `examples` it holds (which examples a
     run that stops mid-epoch trained on)."""
@@ -77,16 +87,16 @@ def make_batches(examples: list[dict], batch_size: int, *, packing: bool, max_le
     if packing:
         bins = pack_examples(shuffled, max_length)
         rng.shuffle(bins)  # FFD emits long bins first; do not feed them in size order
-        groups = [[d for b in bins[i:i + batch_size] for d in b] for i in range(0, len(bins), batch_size)]
+        groups = [[d for b in bins[i : i + batch_size] for d in b] for i in range(0, len(bins), batch_size)]
         rows = [_packed_row(g) for g in groups]
         return (rows, _indices(examples, groups)) if return_indices else rows
     if group_by_length:
         mega = MEGABATCH_MULT * batch_size
         grouped = []
         for i in range(0, len(shuffled), mega):
-            grouped += sorted(shuffled[i:i + mega], key=lambda e: -len(e["input_ids"]))
+            grouped += sorted(shuffled[i : i + mega], key=lambda e: -len(e["input_ids"]))
         shuffled = grouped
-    batches = [shuffled[i:i + batch_size] for i in range(0, len(shuffled), batch_size)]
+    batches = [shuffled[i : i + batch_size] for i in range(0, len(shuffled), batch_size)]
     if group_by_length and len(batches) > 1:
         # Sorted mega-batches would give a long-to-short sawtooth in the loss curve: shuffle the
         # batches, but put the longest first so an out-of-memory shows up at step 1 (as HF does).

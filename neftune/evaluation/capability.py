@@ -20,12 +20,14 @@ context's own tokens (so the join is tokenized as in running text). ``accuracy``
 with the highest summed log-prob (harness ``acc``); ``accuracy_norm`` the highest mean log-prob per
 token. (The harness's ``acc_norm`` divides by the choice's character length instead.)
 """
+
 from __future__ import annotations
 
 import importlib.util
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 import torch
 
@@ -54,8 +56,11 @@ def load_questions(path=None, n: Optional[int] = None) -> list[dict]:
         q, choices, ans = rec.get("question"), rec.get("choices"), rec.get("answer")
         if not isinstance(q, str) or not q.strip():
             raise DataError(p, line_no, "missing question")
-        if (not isinstance(choices, list) or len(choices) < 2
-                or not all(isinstance(c, str) and c.strip() for c in choices)):
+        if (
+            not isinstance(choices, list)
+            or len(choices) < 2
+            or not all(isinstance(c, str) and c.strip() for c in choices)
+        ):
             raise DataError(p, line_no, "choices must be a list of >= 2 non-empty strings")
         if len(set(choices)) != len(choices):
             raise DataError(p, line_no, "duplicate choices")
@@ -81,8 +86,8 @@ def build_requests(tokenizer, questions: Sequence[dict], add_bos: bool = True) -
         ctx = _encode(tokenizer, context)
         for choice in q["choices"]:
             whole = _encode(tokenizer, context + " " + choice)
-            cont = whole[len(ctx):]
-            if whole[:len(ctx)] != ctx or not cont:
+            cont = whole[len(ctx) :]
+            if whole[: len(ctx)] != ctx or not cont:
                 # The join re-tokenized the end of the context (rare with byte-level BPE): fall back
                 # to encoding the two parts separately, like the harness does for such merges.
                 whole, cont = ctx + _encode(tokenizer, " " + choice), _encode(tokenizer, " " + choice)
@@ -90,8 +95,9 @@ def build_requests(tokenizer, questions: Sequence[dict], add_bos: bool = True) -
     return reqs
 
 
-def choice_logprobs(model, tokenizer, questions: Sequence[dict], batch_size: int = 8, progress: bool = True,
-                    add_bos: bool = True) -> list[list[tuple[float, int]]]:
+def choice_logprobs(
+    model, tokenizer, questions: Sequence[dict], batch_size: int = 8, progress: bool = True, add_bos: bool = True
+) -> list[list[tuple[float, int]]]:
     """Per question, per choice: (sum of continuation token log-probs, number of continuation tokens)."""
     from tqdm.auto import tqdm
 
@@ -107,18 +113,19 @@ def choice_logprobs(model, tokenizer, questions: Sequence[dict], batch_size: int
     try:
         with torch.inference_mode():
             for start in tqdm(range(0, len(order), batch_size), disable=not progress, desc="capability", unit="batch"):
-                idxs = order[start:start + batch_size]
+                idxs = order[start : start + batch_size]
                 width = max(len(reqs[i][0]) for i in idxs)
                 ids = torch.full((len(idxs), width), pad, dtype=torch.long)
                 mask = torch.zeros_like(ids)
                 labels = torch.full_like(ids, -100)
                 for row, i in enumerate(idxs):  # right padding: positions are 0..len-1 without fuss
                     toks, n_cont = reqs[i]
-                    ids[row, :len(toks)] = torch.tensor(toks)
-                    mask[row, :len(toks)] = 1
-                    labels[row, len(toks) - n_cont:len(toks)] = torch.tensor(toks[len(toks) - n_cont:])
-                hidden = backbone(input_ids=ids.to(device), attention_mask=mask.to(device),
-                                  use_cache=False).last_hidden_state
+                    ids[row, : len(toks)] = torch.tensor(toks)
+                    mask[row, : len(toks)] = 1
+                    labels[row, len(toks) - n_cont : len(toks)] = torch.tensor(toks[len(toks) - n_cont :])
+                hidden = backbone(
+                    input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False
+                ).last_hidden_state
                 # Output head only where a continuation token is predicted: Gemma's 262k vocab
                 # would otherwise make full-sequence logits the bulk of the cost.
                 target = labels[:, 1:].to(device)
@@ -142,8 +149,9 @@ def choice_logprobs(model, tokenizer, questions: Sequence[dict], batch_size: int
     return out
 
 
-def mc_accuracy(model, tokenizer, questions: Sequence[dict], batch_size: int = 8, progress: bool = True,
-                add_bos: bool = True) -> dict:
+def mc_accuracy(
+    model, tokenizer, questions: Sequence[dict], batch_size: int = 8, progress: bool = True, add_bos: bool = True
+) -> dict:
     """{"accuracy" (argmax summed log-prob), "accuracy_norm" (argmax mean log-prob per token), "n", "source",
     "correct": [0|1 per question, in order] (summed log-prob rule, for paired statistics)}."""
     if not questions:
@@ -159,18 +167,27 @@ def mc_accuracy(model, tokenizer, questions: Sequence[dict], batch_size: int = 8
     return {"accuracy": sum(correct) / n, "accuracy_norm": hit_norm / n, "n": n, "source": SOURCE, "correct": correct}
 
 
-def lm_eval_passthrough(model_dir: str, tasks: Sequence[str], *, num_fewshot: Optional[int] = None,
-                        batch_size: int = 8, limit: Optional[float] = None, device: str = "cpu",
-                        dtype: str = "float32") -> dict:
+def lm_eval_passthrough(
+    model_dir: str,
+    tasks: Sequence[str],
+    *,
+    num_fewshot: Optional[int] = None,
+    batch_size: int = 8,
+    limit: Optional[float] = None,
+    device: str = "cpu",
+    dtype: str = "float32",
+) -> dict:
     """Run lm-evaluation-harness (`lm_eval.simple_evaluate`) on a model dir or a LoRA run dir.
 
     Returns the harness's `results` mapping (task -> metrics). Its task data comes from a hub, so
     this needs a network; it is an opt-in beside the offline `mc_accuracy`.
     """
     if importlib.util.find_spec("lm_eval") is None:
-        raise NeftuneError("lm-evaluation-harness is not installed: `pip install lm-eval` (its tasks download "
-                           "their data from the Hugging Face hub, so it also needs network access). "
-                           "The offline check is neftune.evaluation.capability.mc_accuracy.")
+        raise NeftuneError(
+            "lm-evaluation-harness is not installed: `pip install lm-eval` (its tasks download "
+            "their data from the Hugging Face hub, so it also needs network access). "
+            "The offline check is neftune.evaluation.capability.mc_accuracy."
+        )
     import lm_eval
 
     from ..assets import resolve_model
@@ -185,8 +202,15 @@ def lm_eval_passthrough(model_dir: str, tasks: Sequence[str], *, num_fewshot: Op
     else:
         model_args = f"pretrained={resolve_model(str(model_dir))},dtype={dtype}"
     try:
-        res = lm_eval.simple_evaluate(model="hf", model_args=model_args, tasks=list(tasks), num_fewshot=num_fewshot,
-                                      batch_size=batch_size, limit=limit, device=device)
+        res = lm_eval.simple_evaluate(
+            model="hf",
+            model_args=model_args,
+            tasks=list(tasks),
+            num_fewshot=num_fewshot,
+            batch_size=batch_size,
+            limit=limit,
+            device=device,
+        )
     except Exception as e:  # network/task errors surface deep in the harness; name the call instead
         raise NeftuneError(f"lm_eval on {model_dir} (tasks {list(tasks)}) failed: {type(e).__name__}: {e}") from e
     return dict(res.get("results", {})) if isinstance(res, dict) else {}

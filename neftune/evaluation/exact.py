@@ -22,6 +22,7 @@ Answer extraction (documented rule, `is_correct`):
   ("The output is `cba`." -> correct for "cba").
 Length: whitespace words of the response (as `metrics.length_stats`), mean over items.
 """
+
 from __future__ import annotations
 
 import json
@@ -37,9 +38,16 @@ SOURCE = "neftune exact-answer v1 (generated + code_output.jsonl; original, Apac
 
 # unit conversions: (from, to, factor), exact integer factors only
 UNITS = [
-    ("kilometers", "meters", 1000), ("meters", "centimeters", 100), ("hours", "minutes", 60),
-    ("minutes", "seconds", 60), ("kilograms", "grams", 1000), ("liters", "milliliters", 1000),
-    ("days", "hours", 24), ("feet", "inches", 12), ("weeks", "days", 7), ("yards", "feet", 3),
+    ("kilometers", "meters", 1000),
+    ("meters", "centimeters", 100),
+    ("hours", "minutes", 60),
+    ("minutes", "seconds", 60),
+    ("kilograms", "grams", 1000),
+    ("liters", "milliliters", 1000),
+    ("days", "hours", 24),
+    ("feet", "inches", 12),
+    ("weeks", "days", 7),
+    ("yards", "feet", 3),
 ]
 NAMES = ["Ana", "Ben", "Chen", "Dara", "Eli", "Fatima", "Goran", "Hana", "Ivo", "Jia"]
 THINGS = ["apples", "pencils", "stickers", "marbles", "books", "coins", "cards", "shells"]
@@ -62,15 +70,26 @@ def _arithmetic(rng: random.Random) -> dict:
         b, ans = rng.randint(2, 9), rng.randint(2, 15)
         a = b * ans
         q = f"{name} shares {a} {thing} equally among {b} friends. How many {thing} does each friend get?"
-    return {"kind": "arithmetic", "question": q, "answer": str(ans), "numeric": True, "params": {"op": op, "a": a, "b": b}}
+    return {
+        "kind": "arithmetic",
+        "question": q,
+        "answer": str(ans),
+        "numeric": True,
+        "params": {"op": op, "a": a, "b": b},
+    }
 
 
 def _conversion(rng: random.Random) -> dict:
     src, dst, factor = rng.choice(UNITS)
     value = rng.randint(2, 30)
     q = f"How many {dst} are in {value} {src}?"
-    return {"kind": "conversion", "question": q, "answer": str(value * factor), "numeric": True,
-            "params": {"from": src, "to": dst, "value": value}}
+    return {
+        "kind": "conversion",
+        "question": q,
+        "answer": str(value * factor),
+        "numeric": True,
+        "params": {"from": src, "to": dst, "value": value},
+    }
 
 
 def generate_questions(n: int, seed: int = 0) -> list[dict]:
@@ -97,8 +116,16 @@ def load_code_questions(path=None) -> list[dict]:
         except (json.JSONDecodeError, KeyError, TypeError) as e:
             raise DataError(str(path), i, "bad code-output item", str(e)) from None
         q = f"What does this Python code print?\n\n```python\n{code}\n```"
-        items.append({"id": r.get("id", f"code-{i}"), "kind": "code", "question": q, "answer": answer,
-                      "numeric": _NUM.fullmatch(answer) is not None, "code": code})
+        items.append(
+            {
+                "id": r.get("id", f"code-{i}"),
+                "kind": "code",
+                "question": q,
+                "answer": answer,
+                "numeric": _NUM.fullmatch(answer) is not None,
+                "code": code,
+            }
+        )
     return items
 
 
@@ -135,11 +162,23 @@ def score(items: Sequence[dict], responses: Sequence[str]) -> dict:
         raise ValueError(f"{len(items)} items but {len(responses)} responses")
     rows = []
     for it, resp in zip(items, responses):
-        rows.append({"id": it["id"], "kind": it["kind"], "answer": it["answer"], "response": resp,
-                     "correct": is_correct(resp, it["answer"], it["numeric"]), "length": len(resp.split())})
+        rows.append(
+            {
+                "id": it["id"],
+                "kind": it["kind"],
+                "answer": it["answer"],
+                "response": resp,
+                "correct": is_correct(resp, it["answer"], it["numeric"]),
+                "length": len(resp.split()),
+            }
+        )
     n = len(rows)
-    out = {"accuracy": sum(r["correct"] for r in rows) / n if n else float("nan"), "n": n,
-           "length": sum(r["length"] for r in rows) / n if n else float("nan"), "source": SOURCE}
+    out = {
+        "accuracy": sum(r["correct"] for r in rows) / n if n else float("nan"),
+        "n": n,
+        "length": sum(r["length"] for r in rows) / n if n else float("nan"),
+        "source": SOURCE,
+    }
     for kind in sorted({r["kind"] for r in rows}):
         sub = [r for r in rows if r["kind"] == kind]
         out[f"accuracy_{kind}"] = sum(r["correct"] for r in sub) / len(sub)
@@ -147,8 +186,9 @@ def score(items: Sequence[dict], responses: Sequence[str]) -> dict:
     return out
 
 
-def exact_answer_eval(generate_fn: Callable[[list[str]], list[str]], n: int = 48, seed: int = 0,
-                      code: bool = True) -> dict:
+def exact_answer_eval(
+    generate_fn: Callable[[list[str]], list[str]], n: int = 48, seed: int = 0, code: bool = True
+) -> dict:
     """Generate answers with `generate_fn(questions) -> responses` (the caller applies the prompt
     template and decoding settings) to n generated questions plus the code-output set, and score.
     Returns `score(...)`: {"accuracy", "n", "length", "accuracy_<kind>", "source", "items"}."""

@@ -15,13 +15,15 @@ sampling and repetition-penalty presets use `model.generate`.
 Resume: with ``cache_path`` each finished answer is appended to a JSONL file and fsync'ed per batch;
 a rerun regenerates only what is missing. A line cut off by a kill mid-write is dropped.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Optional, Union
 
 import torch
 
@@ -50,7 +52,7 @@ def _eos_ids(model, tokenizer) -> list[int]:
     (Gemma's <end_of_turn>, SmolLM2's <|im_end|>), so chat-template runs stop too."""
     ids = []
     for v in (tokenizer.eos_token_id, getattr(getattr(model, "generation_config", None), "eos_token_id", None)):
-        for i in (v if isinstance(v, (list, tuple)) else [v]):
+        for i in v if isinstance(v, (list, tuple)) else [v]:
             if i is not None and i not in ids:
                 ids.append(int(i))
     return ids
@@ -95,13 +97,28 @@ def _device(model) -> torch.device:
     return next(model.parameters()).device
 
 
-def generate_answers(model, tokenizer, prompts: list[str], *, max_new_tokens: int = 128, batch_size: int = 16,
-                     preset: str = "greedy", do_sample: bool = False, temperature: float = 0.7, top_p: float = 0.9,
-                     repetition_penalty: Optional[float] = None, seed: int = 0,
-                     cache_path: Optional[Union[str, Path]] = None, generator_name: str = "model",
-                     dataset_name: str = "eval", instructions: Optional[Sequence[str]] = None,
-                     progress: bool = True, add_bos: bool = True, fast_greedy: bool = True,
-                     capped: Optional[list] = None) -> list[str]:
+def generate_answers(
+    model,
+    tokenizer,
+    prompts: list[str],
+    *,
+    max_new_tokens: int = 128,
+    batch_size: int = 16,
+    preset: str = "greedy",
+    do_sample: bool = False,
+    temperature: float = 0.7,
+    top_p: float = 0.9,
+    repetition_penalty: Optional[float] = None,
+    seed: int = 0,
+    cache_path: Optional[Union[str, Path]] = None,
+    generator_name: str = "model",
+    dataset_name: str = "eval",
+    instructions: Optional[Sequence[str]] = None,
+    progress: bool = True,
+    add_bos: bool = True,
+    fast_greedy: bool = True,
+    capped: Optional[list] = None,
+) -> list[str]:
     """Answer every prompt; returns the decoded new text (special tokens skipped, stripped) in input order.
 
     preset: greedy | original (greedy + repetition_penalty 1.2); an explicit repetition_penalty wins.
@@ -115,8 +132,8 @@ def generate_answers(model, tokenizer, prompts: list[str], *, max_new_tokens: in
     lean loop over the model's forward (same tokens as `generate`, several times faster on CPU);
     False forces `model.generate`.
     """
-    from transformers import GenerationConfig
     from tqdm.auto import tqdm
+    from transformers import GenerationConfig
 
     if preset not in PRESETS:
         raise NeftuneError(f"unknown decoding preset {preset!r}; expected one of {sorted(PRESETS)}")
@@ -126,8 +143,13 @@ def generate_answers(model, tokenizer, prompts: list[str], *, max_new_tokens: in
     batch_size = max(1, int(batch_size))
     prompts = list(prompts)
 
-    settings = _settings_key(max_new_tokens=max_new_tokens, do_sample=do_sample, rep=rep, add_bos=add_bos,
-                             **({"temperature": temperature, "top_p": top_p, "seed": seed} if do_sample else {}))
+    settings = _settings_key(
+        max_new_tokens=max_new_tokens,
+        do_sample=do_sample,
+        rep=rep,
+        add_bos=add_bos,
+        **({"temperature": temperature, "top_p": top_p, "seed": seed} if do_sample else {}),
+    )
     cache = Path(cache_path) if cache_path is not None else None
     hit_cap: dict = {}
     done = _load_cache(cache, prompts, settings, hit_cap) if cache is not None else {}
@@ -142,8 +164,12 @@ def generate_answers(model, tokenizer, prompts: list[str], *, max_new_tokens: in
         raise NeftuneError("tokenizer has neither a pad nor an EOS token; cannot pad a batch")
     # A fresh GenerationConfig rather than the model's own: checkpoints ship sampling defaults
     # (Gemma: top_k=64, top_p=0.95) that would otherwise leak into what we call greedy.
-    gen_kwargs = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, pad_token_id=pad_id,
-                      eos_token_id=eos_ids if len(eos_ids) > 1 else eos_ids[0])
+    gen_kwargs = dict(
+        max_new_tokens=max_new_tokens,
+        do_sample=do_sample,
+        pad_token_id=pad_id,
+        eos_token_id=eos_ids if len(eos_ids) > 1 else eos_ids[0],
+    )
     if do_sample:
         gen_kwargs.update(temperature=temperature, top_p=top_p, top_k=0)
     if rep is not None and rep != 1.0:
@@ -159,34 +185,55 @@ def generate_answers(model, tokenizer, prompts: list[str], *, max_new_tokens: in
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
     fh = open(cache, "a", encoding="utf-8") if cache is not None else None
-    bar = tqdm(total=len(prompts), initial=len(prompts) - len(todo), disable=not progress,
-               desc=f"generate {dataset_name}", unit="answer")
+    bar = tqdm(
+        total=len(prompts),
+        initial=len(prompts) - len(todo),
+        disable=not progress,
+        desc=f"generate {dataset_name}",
+        unit="answer",
+    )
     try:
         for start in range(0, len(order), batch_size):
-            idxs = order[start:start + batch_size]
+            idxs = order[start : start + batch_size]
             width = max(len(encoded[i]) for i in idxs)
             input_ids = torch.full((len(idxs), width), pad_id, dtype=torch.long)
             attention = torch.zeros((len(idxs), width), dtype=torch.long)
             for row, i in enumerate(idxs):  # left padding
                 ids = encoded[i]
-                input_ids[row, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
-                attention[row, width - len(ids):] = 1
+                input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+                attention[row, width - len(ids) :] = 1
             if lean:
-                new = greedy_generate(model, [encoded[i] for i in idxs], max_new_tokens=max_new_tokens,
-                                      eos_ids=eos_ids, pad_id=pad_id, device=device)
+                new = greedy_generate(
+                    model,
+                    [encoded[i] for i in idxs],
+                    max_new_tokens=max_new_tokens,
+                    eos_ids=eos_ids,
+                    pad_id=pad_id,
+                    device=device,
+                )
             else:
                 with torch.random.fork_rng(devices=[]), torch.inference_mode():
                     torch.manual_seed(seed + start)
-                    out = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device),
-                                         generation_config=gen_config)
+                    out = model.generate(
+                        input_ids=input_ids.to(device),
+                        attention_mask=attention.to(device),
+                        generation_config=gen_config,
+                    )
                 new = out[:, width:].cpu()
             for row, i in enumerate(idxs):
                 outputs[i] = tokenizer.decode(new[row], skip_special_tokens=True).strip()
                 hit_cap[i] = _hit_cap(new[row], eos_ids, max_new_tokens)
             if fh is not None:
                 for i in idxs:
-                    rec = {"idx": i, "prompt_sha": prompt_sha(prompts[i]), "output": outputs[i], "settings": settings,
-                           "generator": generator_name, "dataset": dataset_name, "capped": hit_cap[i]}
+                    rec = {
+                        "idx": i,
+                        "prompt_sha": prompt_sha(prompts[i]),
+                        "output": outputs[i],
+                        "settings": settings,
+                        "generator": generator_name,
+                        "dataset": dataset_name,
+                        "capped": hit_cap[i],
+                    }
                     if instructions is not None:
                         rec["instruction"] = instructions[i]
                     fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
@@ -217,16 +264,23 @@ def _report_capped(outputs: list, hit_cap: dict, capped: Optional[list]) -> list
 
 
 # --------------------------------------------------------------------------- AlpacaEval format
-def write_alpaca_eval(path, instructions: Sequence[str], outputs: Sequence[str], generator: str,
-                      dataset: Union[str, Sequence[str]] = "eval") -> None:
+def write_alpaca_eval(
+    path,
+    instructions: Sequence[str],
+    outputs: Sequence[str],
+    generator: str,
+    dataset: Union[str, Sequence[str]] = "eval",
+) -> None:
     """AlpacaEval `model_outputs` JSON: [{"instruction","output","generator","dataset"}], written atomically."""
     if len(instructions) != len(outputs):
         raise NeftuneError(f"{path}: {len(instructions)} instructions but {len(outputs)} outputs")
     datasets = [dataset] * len(outputs) if isinstance(dataset, str) else list(dataset)
     if len(datasets) != len(outputs):
         raise NeftuneError(f"{path}: {len(datasets)} dataset names but {len(outputs)} outputs")
-    rows = [{"instruction": i, "output": o, "generator": generator, "dataset": d}
-            for i, o, d in zip(instructions, outputs, datasets)]
+    rows = [
+        {"instruction": i, "output": o, "generator": generator, "dataset": d}
+        for i, o, d in zip(instructions, outputs, datasets)
+    ]
     _atomic_write(Path(path), json.dumps(rows, ensure_ascii=False, indent=2) + "\n")
 
 

@@ -14,6 +14,7 @@ the same code as in `generate`), and per step:
 Positions follow the attention mask exactly like `generate` (cumsum of the mask − 1), so a
 left-padded row decodes like the same prompt alone; tests compare against per-prompt `generate`.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -30,8 +31,16 @@ def _new_cache(model):
         return DynamicCache()
 
 
-def greedy_generate(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, eos_ids: Sequence[int],
-                    pad_id: int, device: torch.device, shrink: bool = True) -> list[list[int]]:
+def greedy_generate(
+    model,
+    prompts: Sequence[Sequence[int]],
+    *,
+    max_new_tokens: int,
+    eos_ids: Sequence[int],
+    pad_id: int,
+    device: torch.device,
+    shrink: bool = True,
+) -> list[list[int]]:
     """New token ids per prompt (EOS included when one was emitted), greedy, one left-padded batch.
 
     shrink: drop finished rows from the batch (and the cache) as soon as they finish.
@@ -41,8 +50,8 @@ def greedy_generate(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: 
     ids = torch.full((n, width), pad_id, dtype=torch.long)
     mask = torch.zeros((n, width), dtype=torch.long)
     for row, p in enumerate(prompts):  # left padding: every row's last prompt token at the same column
-        ids[row, width - len(p):] = torch.as_tensor(list(p), dtype=torch.long)
-        mask[row, width - len(p):] = 1
+        ids[row, width - len(p) :] = torch.as_tensor(list(p), dtype=torch.long)
+        mask[row, width - len(p) :] = 1
     ids, mask = ids.to(device), mask.to(device)
     pos = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
     eos = torch.as_tensor(list(eos_ids), dtype=torch.long, device=device)
@@ -53,8 +62,9 @@ def greedy_generate(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: 
         return out
     finished = torch.zeros(n, dtype=torch.bool, device=device)  # only used when not shrinking
     with torch.inference_mode():
-        logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True,
-                       logits_to_keep=1).logits
+        logits = model(
+            input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True, logits_to_keep=1
+        ).logits
         for step in range(max_new_tokens):
             nxt = logits[:, -1].argmax(-1)
             if not shrink:
@@ -73,6 +83,12 @@ def greedy_generate(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: 
                 finished = done
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=-1)
             pos = pos[:, -1:] + 1
-            logits = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=pos, cache=cache,
-                           use_cache=True, logits_to_keep=1).logits
+            logits = model(
+                input_ids=nxt[:, None],
+                attention_mask=mask,
+                position_ids=pos,
+                cache=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            ).logits
     return out

@@ -4,6 +4,7 @@ Every per-item list in results.json sits beside an `id` list. Ids come from the 
 (`data.record_id`) or from fixed question lists, never from the training seed or the variant, so a
 consumer pairs a variant with its baseline by id.
 """
+
 from __future__ import annotations
 
 import math
@@ -59,15 +60,17 @@ def example_losses(model, tok, cfg: Config, records: list[dict]) -> dict:
             pass
     per = per_example_loss(model, ex, 8, tok.pad_token_id)
     total, n = sum(nll * k for nll, k in per if k), sum(k for _, k in per)
-    return {"loss": finite(total / n) if n else None,
-            "items": {"id": ids, "nll": [finite(nll) for nll, _ in per], "tokens": [k for _, k in per]}}
+    return {
+        "loss": finite(total / n) if n else None,
+        "items": {"id": ids, "nll": [finite(nll) for nll, _ in per], "tokens": [k for _, k in per]},
+    }
 
 
 def train_clean(model, tok, cfg: Config, run: Path) -> dict:
     """Clean per-example loss of the final weights on (the first eval.train_loss_samples of) the
     examples the run trained on: how far the run memorised its training set."""
     recs, source = trained_records(run)
-    out = example_losses(model, tok, cfg, recs[:cfg.eval.train_loss_samples])
+    out = example_losses(model, tok, cfg, recs[: cfg.eval.train_loss_samples])
     out["source"] = CLEAN_SOURCE if source == TRAINED_SOURCE else source + ", no noise, eval mode (no dropout)"
     return out
 
@@ -89,6 +92,10 @@ def exact_results(answer: Callable[[list[dict], list], list[str]], tok, cfg: Con
     responses = [r["response"] for r in rows]
     res["length"] = length_stats(responses, tok)
     res["capped_fraction"] = capped_fraction(capped)
-    res["items"] = {"id": [r["id"] for r in rows], "correct": [int(r["correct"]) for r in rows],
-                    "tokens": length_lists(responses, tok)["tokens"], "kind": [r["kind"] for r in rows]}
+    res["items"] = {
+        "id": [r["id"] for r in rows],
+        "correct": [int(r["correct"]) for r in rows],
+        "tokens": length_lists(responses, tok)["tokens"],
+        "kind": [r["kind"] for r in rows],
+    }
     return res

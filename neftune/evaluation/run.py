@@ -13,6 +13,7 @@
 Each stage is reused when its inputs are unchanged (same weights and settings; same two answer files
 and judge), so an interrupted or repeated evaluation redoes only what is missing.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -29,8 +30,16 @@ from .items import capped_fraction, exact_results, example_losses, item_ids, tra
 
 PARTS = ("generate", "metrics", "loss", "overfit", "judge", "capability", "exact")
 # EvalConfig keys that only change the judging stage, never the answers or single-model metrics.
-JUDGE_ONLY = ("judge", "judge_base_url", "judge_model", "judge_api_key_env", "judge_max_retries", "judge_timeout",
-              "tie_margin", "bootstrap")
+JUDGE_ONLY = (
+    "judge",
+    "judge_base_url",
+    "judge_model",
+    "judge_api_key_env",
+    "judge_max_retries",
+    "judge_timeout",
+    "tie_margin",
+    "bootstrap",
+)
 
 
 def run_config(run_dir) -> Config:
@@ -45,8 +54,13 @@ def eval_records(run_dir, name: str, cfg: Config) -> list[dict]:
     elif name == "mt-bench":
         recs = mtbench_records()
     else:
-        recs = load_records(name, format=cfg.data.format, columns=cfg.data.columns or None,
-                            on_bad_record=cfg.data.on_bad_record, require_answer=False)
+        recs = load_records(
+            name,
+            format=cfg.data.format,
+            columns=cfg.data.columns or None,
+            on_bad_record=cfg.data.on_bad_record,
+            require_answer=False,
+        )
     n = cfg.eval.num_samples if name != "train" else cfg.eval.overfit_samples
     return recs[:n] if n else recs
 
@@ -70,8 +84,12 @@ def decoding_settings(cfg: Config) -> dict:
     """What decides an answer besides the weights and the prompt: two runs' answers are only paired
     when these are equal."""
     e = cfg.eval
-    d = {"preset": e.preset, "max_new_tokens": e.max_new_tokens, "do_sample": e.do_sample,
-         "repetition_penalty": e.repetition_penalty}
+    d = {
+        "preset": e.preset,
+        "max_new_tokens": e.max_new_tokens,
+        "do_sample": e.do_sample,
+        "repetition_penalty": e.repetition_penalty,
+    }
     if e.do_sample:
         d.update(temperature=e.temperature, top_p=e.top_p, seed=cfg.seed)
     return d
@@ -90,7 +108,9 @@ def _check_parts(cfg: Config) -> set:
 
 
 # ----------------------------------------------------------------------------- stage 1: generate
-def generations(model, tok, cfg: Config, run_dir, name: str, records: list[dict], capped: list | None = None) -> list[str]:
+def generations(
+    model, tok, cfg: Config, run_dir, name: str, records: list[dict], capped: list | None = None
+) -> list[str]:
     """Answers of this run's model to the set: eval/generations/<set>.json (AlpacaEval format) plus
     <set>.meta.json saying how they were made (cached per weights and settings; resumable)."""
     from ..data import prompt_text
@@ -100,15 +120,36 @@ def generations(model, tok, cfg: Config, run_dir, name: str, records: list[dict]
     prompts = [prompt_text(r, tok, cfg.data.template) for r in records]
     instructions = [_instruction(r) for r in records]
     fingerprint = rundir.weights_fingerprint(run)
-    outs = generate_answers(model, tok, prompts, max_new_tokens=e.max_new_tokens, batch_size=e.batch_size,
-                            preset=e.preset, do_sample=e.do_sample, temperature=e.temperature, top_p=e.top_p,
-                            repetition_penalty=e.repetition_penalty, seed=cfg.seed,
-                            cache_path=rundir.generations_cache_path(run, sname, fingerprint),
-                            generator_name=run.name, dataset_name=sname, instructions=instructions, capped=capped)
+    outs = generate_answers(
+        model,
+        tok,
+        prompts,
+        max_new_tokens=e.max_new_tokens,
+        batch_size=e.batch_size,
+        preset=e.preset,
+        do_sample=e.do_sample,
+        temperature=e.temperature,
+        top_p=e.top_p,
+        repetition_penalty=e.repetition_penalty,
+        seed=cfg.seed,
+        cache_path=rundir.generations_cache_path(run, sname, fingerprint),
+        generator_name=run.name,
+        dataset_name=sname,
+        instructions=instructions,
+        capped=capped,
+    )
     write_alpaca_eval(rundir.generations_path(run, sname), instructions, outs, generator=run.name, dataset=sname)
-    rundir.write_json(rundir.generations_meta_path(run, sname),
-                      {"set": sname, "n": len(outs), "decoding": decoding_settings(cfg), "weights": fingerprint,
-                       "template": cfg.data.template, "instructions_sha256": _sha(instructions)})
+    rundir.write_json(
+        rundir.generations_meta_path(run, sname),
+        {
+            "set": sname,
+            "n": len(outs),
+            "decoding": decoding_settings(cfg),
+            "weights": fingerprint,
+            "template": cfg.data.template,
+            "instructions_sha256": _sha(instructions),
+        },
+    )
     return outs
 
 
@@ -121,8 +162,11 @@ def _generation_identity(cfg: Config, run: Path) -> dict:
 def _heldout_loss(model, tok, cfg: Config, run: Path) -> dict:
     held = example_losses(model, tok, cfg, rundir.read_records(run, "heldout"))
     hl = held["loss"]
-    return {"heldout_loss": hl, "heldout_ppl": _finite(math.exp(hl)) if hl is not None and hl < 50 else None,
-            "heldout": held}
+    return {
+        "heldout_loss": hl,
+        "heldout_ppl": _finite(math.exp(hl)) if hl is not None and hl < 50 else None,
+        "heldout": held,
+    }
 
 
 def generate_stage(cfg: Config, run_dir) -> tuple[dict, bool]:
@@ -134,8 +178,9 @@ def generate_stage(cfg: Config, run_dir) -> tuple[dict, bool]:
     run, parts = Path(run_dir), _check_parts(cfg)
     identity = _generation_identity(cfg, run)
     saved = rundir.read_json(rundir.scores_path(run))
-    if saved.get("identity") == identity and all(rundir.generations_path(run, s).exists()
-                                                 for s in saved.get("generated", [])):
+    if saved.get("identity") == identity and all(
+        rundir.generations_path(run, s).exists() for s in saved.get("generated", [])
+    ):
         return saved, True
     t0 = time.time()
     model, tok, _ = load_trained(run)
@@ -164,8 +209,14 @@ def generate_stage(cfg: Config, run_dir) -> tuple[dict, bool]:
                     for (i, _, _), v in zip(pairs, sims):
                         sim[i] = float(v)
                 lens = length_lists(outs, tok)
-                res["items"] = {"id": item_ids(records), "chars": lens["chars"], "tokens": lens["tokens"], "capped": capped,
-                                "diversity": div["per_item"], "similarity": sim}
+                res["items"] = {
+                    "id": item_ids(records),
+                    "chars": lens["chars"],
+                    "tokens": lens["tokens"],
+                    "capped": capped,
+                    "diversity": div["per_item"],
+                    "similarity": sim,
+                }
         scores["sets"][set_name(name)] = res
     if "loss" in parts:
         scores.update(_heldout_loss(model, tok, cfg, run))
@@ -173,14 +224,22 @@ def generate_stage(cfg: Config, run_dir) -> tuple[dict, bool]:
             scores["train_clean"] = train_clean(model, tok, cfg, run)
     if "overfit" in parts and cfg.eval.overfit_samples:
         train_recs, source = trained_records(run)
-        train_recs = train_recs[:cfg.eval.overfit_samples]
+        train_recs = train_recs[: cfg.eval.overfit_samples]
         capped = []
         outs = generations(model, tok, cfg, run, "train", train_recs, capped)
         refs = [reference(r) or "" for r in train_recs]
-        per_bleu = [bleu([o], [r]) for o, r in zip(outs, refs)]  # sentence BLEU per item; the headline stays corpus BLEU
-        scores["overfit"] = {"rouge_l": rouge_l(outs, refs), "bleu": bleu(outs, refs), "n": len(outs),
-                             "length": length_stats(outs, tok), "capped_fraction": capped_fraction(capped), "source": source,
-                             "items": {"id": item_ids(train_recs), "rouge_l": rouge_l_scores(outs, refs), "bleu": per_bleu}}
+        per_bleu = [
+            bleu([o], [r]) for o, r in zip(outs, refs)
+        ]  # sentence BLEU per item; the headline stays corpus BLEU
+        scores["overfit"] = {
+            "rouge_l": rouge_l(outs, refs),
+            "bleu": bleu(outs, refs),
+            "n": len(outs),
+            "length": length_stats(outs, tok),
+            "capped_fraction": capped_fraction(capped),
+            "source": source,
+            "items": {"id": item_ids(train_recs), "rouge_l": rouge_l_scores(outs, refs), "bleu": per_bleu},
+        }
     if "capability" in parts and cfg.eval.capability_samples:
         from .capability import load_questions, mc_accuracy
 
@@ -189,8 +248,9 @@ def generate_stage(cfg: Config, run_dir) -> tuple[dict, bool]:
         cap["items"] = {"id": [f"mc-{i}" for i in range(len(correct))], "correct": correct}  # file order: stable
         scores["capability"] = cap
     if "exact" in parts and (cfg.eval.exact_samples or cfg.eval.exact_code):
-        scores["exact"] = exact_results(lambda recs, capped: generations(model, tok, cfg, run, "exact", recs, capped),
-                                        tok, cfg)
+        scores["exact"] = exact_results(
+            lambda recs, capped: generations(model, tok, cfg, run, "exact", recs, capped), tok, cfg
+        )
     scores["wall_time_s"] = round(time.time() - t0, 1)
     rundir.write_json(rundir.scores_path(run), scores)
     return scores, False
@@ -205,26 +265,40 @@ def other_answers(run: Path, other: Path, sname: str) -> list[dict]:
     mine, theirs = (rundir.read_json(rundir.generations_meta_path(r, sname)) for r in (run, other))
     redo = f"run `neftune eval {other}` first, with the same eval settings as this evaluation"
     if not rundir.generations_path(other, sname).exists() or not theirs:
-        raise NeftuneError(f"{other}: no saved answers to the {sname!r} set "
-                           f"({rundir.generations_path(other, sname)} missing); {redo}")
+        raise NeftuneError(
+            f"{other}: no saved answers to the {sname!r} set ({rundir.generations_path(other, sname)} missing); {redo}"
+        )
     if theirs.get("decoding") != mine.get("decoding"):
-        diff = sorted(k for k in set(mine.get("decoding", {})) | set(theirs.get("decoding") or {})
-                      if (mine.get("decoding") or {}).get(k) != (theirs.get("decoding") or {}).get(k))
-        raise NeftuneError(f"{rundir.generations_path(other, sname)}: made with different decoding settings "
-                           f"({', '.join(diff)} differ); {redo}")
+        diff = sorted(
+            k
+            for k in set(mine.get("decoding", {})) | set(theirs.get("decoding") or {})
+            if (mine.get("decoding") or {}).get(k) != (theirs.get("decoding") or {}).get(k)
+        )
+        raise NeftuneError(
+            f"{rundir.generations_path(other, sname)}: made with different decoding settings "
+            f"({', '.join(diff)} differ); {redo}"
+        )
     if theirs.get("instructions_sha256") != mine.get("instructions_sha256"):
-        raise NeftuneError(f"{rundir.generations_path(other, sname)}: answers a different prompt list than {run}'s "
-                           f"{sname!r} set (n={theirs.get('n')} vs {mine.get('n')}); {redo}")
+        raise NeftuneError(
+            f"{rundir.generations_path(other, sname)}: answers a different prompt list than {run}'s "
+            f"{sname!r} set (n={theirs.get('n')} vs {mine.get('n')}); {redo}"
+        )
     if theirs.get("weights") != rundir.weights_fingerprint(other):
-        raise NeftuneError(f"{rundir.generations_path(other, sname)}: made by older weights ({other} was retrained "
-                           f"since); {redo}")
+        raise NeftuneError(
+            f"{rundir.generations_path(other, sname)}: made by older weights ({other} was retrained since); {redo}"
+        )
     return read_alpaca_eval(rundir.generations_path(other, sname))
 
 
 def _judge_identity(cfg: Config) -> dict:
     e = cfg.eval
-    return {"judge": e.judge, "model": e.judge_model if e.judge == "llm" else None,
-            "tie_margin": e.tie_margin if e.judge == "offline" else None, "bootstrap": e.bootstrap, "seed": cfg.seed}
+    return {
+        "judge": e.judge,
+        "model": e.judge_model if e.judge == "llm" else None,
+        "tie_margin": e.tie_margin if e.judge == "offline" else None,
+        "bootstrap": e.bootstrap,
+        "seed": cfg.seed,
+    }
 
 
 def judge_stage(cfg: Config, run_dir, against) -> tuple[dict, bool]:
@@ -240,9 +314,12 @@ def judge_stage(cfg: Config, run_dir, against) -> tuple[dict, bool]:
         if sname not in scores.get("generated", []):
             continue
         b_rows = other_answers(run, other, sname)
-        key = {"against": str(other), "judge": _judge_identity(cfg),
-               "a_sha256": rundir.file_sha256(rundir.generations_path(run, sname)),
-               "b_sha256": rundir.file_sha256(rundir.generations_path(other, sname))}
+        key = {
+            "against": str(other),
+            "judge": _judge_identity(cfg),
+            "a_sha256": rundir.file_sha256(rundir.generations_path(run, sname)),
+            "b_sha256": rundir.file_sha256(rundir.generations_path(other, sname)),
+        }
         saved = rundir.read_json(rundir.judgments_path(run, sname))
         if saved.get("key") == key:
             out[sname] = saved["summary"]
@@ -254,8 +331,10 @@ def judge_stage(cfg: Config, run_dir, against) -> tuple[dict, bool]:
         summary = _judge_set(cfg, judge, run, name, b_rows) if judge else {}
         if summary:
             summary["against"] = str(other)
-        rundir.write_json(rundir.judgments_path(run, sname),
-                          {"key": key, "summary": summary, "wall_time_s": round(time.time() - t0, 1)})
+        rundir.write_json(
+            rundir.judgments_path(run, sname),
+            {"key": key, "summary": summary, "wall_time_s": round(time.time() - t0, 1)},
+        )
         out[sname] = summary
     return out, reused
 
@@ -279,16 +358,28 @@ def _judge_set(cfg: Config, judge, run: Path, name: str, b_rows: list[dict]) -> 
     records = eval_records(run, name, cfg)
     refs = [reference(r) for r in records]
     outs_a, outs_b = [r["output"] for r in a_rows], [r["output"] for r in b_rows]
-    items = [{"prompt": a["instruction"], "answer_a": a["output"], "answer_b": b["output"], "reference": ref}
-             for a, b, ref in zip(a_rows, b_rows, refs)]
+    items = [
+        {"prompt": a["instruction"], "answer_a": a["output"], "answer_b": b["output"], "reference": ref}
+        for a, b, ref in zip(a_rows, b_rows, refs)
+    ]
     judged = judge.judge_many(items, progress=True)
     verdicts = [v for v, _ in judged]
     infos = [info or {} for _, info in judged]
     bases = [i.get("basis") for i in infos]
-    summary = win_rate_summary(verdicts, length_lists(outs_a)["chars"], length_lists(outs_b)["chars"],
-                               n_boot=cfg.eval.bootstrap, seed=cfg.seed, bases=bases)
-    summary["items"] = {"id": item_ids(records), "verdict": verdicts,
-                        "margin": [_finite(i.get("margin")) for i in infos], "basis": bases}
+    summary = win_rate_summary(
+        verdicts,
+        length_lists(outs_a)["chars"],
+        length_lists(outs_b)["chars"],
+        n_boot=cfg.eval.bootstrap,
+        seed=cfg.seed,
+        bases=bases,
+    )
+    summary["items"] = {
+        "id": item_ids(records),
+        "verdict": verdicts,
+        "margin": [_finite(i.get("margin")) for i in infos],
+        "basis": bases,
+    }
     summary["judge"] = cfg.eval.judge if cfg.eval.judge != "llm" else f"llm:{cfg.eval.judge_model}"
     summary["verdicts"] = verdicts
     if hasattr(judge, "stats"):
@@ -330,19 +421,37 @@ def _fmt(x, nd=2):
 
 def summary_markdown(res: dict) -> str:
     lines = [f"# Evaluation of `{res['run']}`" + (f" against `{res['against']}`" if res.get("against") else ""), ""]
-    lines += ["| set | n | win rate % (95% CI) | LC win rate % (95% CI) | W/L/D | avg chars (A vs B) | tokens | diversity | sim. to ref |",
-              "|---|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "| set | n | win rate % (95% CI) | LC win rate % (95% CI) | W/L/D | avg chars (A vs B) | tokens | diversity | sim. to ref |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for name, s in res["sets"].items():
         j = s.get("judge") or {}
-        wr = f"{_fmt(j.get('win_rate'), 1)} ({_fmt((j.get('win_rate_ci') or [None])[0], 1)}–{_fmt((j.get('win_rate_ci') or [None, None])[1], 1)})" if j else "—"
-        lc = f"{_fmt(j.get('lc_win_rate'), 1)} ({_fmt((j.get('lc_win_rate_ci') or [None])[0], 1)}–{_fmt((j.get('lc_win_rate_ci') or [None, None])[1], 1)})" if j else "—"
+        wr = (
+            f"{_fmt(j.get('win_rate'), 1)} ({_fmt((j.get('win_rate_ci') or [None])[0], 1)}–{_fmt((j.get('win_rate_ci') or [None, None])[1], 1)})"
+            if j
+            else "—"
+        )
+        lc = (
+            f"{_fmt(j.get('lc_win_rate'), 1)} ({_fmt((j.get('lc_win_rate_ci') or [None])[0], 1)}–{_fmt((j.get('lc_win_rate_ci') or [None, None])[1], 1)})"
+            if j
+            else "—"
+        )
         wld = f"{j.get('wins')}/{j.get('losses')}/{j.get('draws')}" if j else "—"
-        lens = f"{_fmt(j.get('avg_len_a'), 0)} vs {_fmt(j.get('avg_len_b'), 0)}" if j else _fmt((s.get("length") or {}).get("chars_mean"), 0)
-        lines.append(f"| {name} | {s['n']} | {wr} | {lc} | {wld} | {lens} | {_fmt((s.get('length') or {}).get('tokens_mean'), 1)} | "
-                     f"{_fmt((s.get('diversity') or {}).get('diversity'), 3)} | {_fmt(s.get('similarity_to_reference'), 3)} |")
+        lens = (
+            f"{_fmt(j.get('avg_len_a'), 0)} vs {_fmt(j.get('avg_len_b'), 0)}"
+            if j
+            else _fmt((s.get("length") or {}).get("chars_mean"), 0)
+        )
+        lines.append(
+            f"| {name} | {s['n']} | {wr} | {lc} | {wld} | {lens} | {_fmt((s.get('length') or {}).get('tokens_mean'), 1)} | "
+            f"{_fmt((s.get('diversity') or {}).get('diversity'), 3)} | {_fmt(s.get('similarity_to_reference'), 3)} |"
+        )
     lines.append("")
     if "heldout_loss" in res:
-        lines.append(f"- held-out loss (no noise): {_fmt(res['heldout_loss'], 4)} (ppl {_fmt(res.get('heldout_ppl'), 2)})")
+        lines.append(
+            f"- held-out loss (no noise): {_fmt(res['heldout_loss'], 4)} (ppl {_fmt(res.get('heldout_ppl'), 2)})"
+        )
     if "train_clean" in res:
         t = res["train_clean"]
         lines.append(f"- clean loss on trained examples (n={len(t['items']['id'])}): {_fmt(t['loss'], 4)}")
@@ -351,16 +460,22 @@ def summary_markdown(res: dict) -> str:
         lines.append("- answers that hit eval.max_new_tokens: " + ", ".join(f"{k} {v:.0%}" for k, v in capped.items()))
     if "overfit" in res:
         o = res["overfit"]
-        lines.append(f"- overlap with training answers (n={o['n']}): ROUGE-L {_fmt(o['rouge_l'], 3)}, BLEU {_fmt(o['bleu'], 2)}"
-                     + (f"; source: {o['source']}" if o.get("source") else ""))
+        lines.append(
+            f"- overlap with training answers (n={o['n']}): ROUGE-L {_fmt(o['rouge_l'], 3)}, BLEU {_fmt(o['bleu'], 2)}"
+            + (f"; source: {o['source']}" if o.get("source") else "")
+        )
     if "exact" in res:
         x = res["exact"]
-        lines.append(f"- exact-answer accuracy (n={x['n']}): {_fmt(x['accuracy'], 3)}, "
-                     f"{_fmt((x.get('length') or {}).get('tokens_mean'), 1)} tokens per answer")
+        lines.append(
+            f"- exact-answer accuracy (n={x['n']}): {_fmt(x['accuracy'], 3)}, "
+            f"{_fmt((x.get('length') or {}).get('tokens_mean'), 1)} tokens per answer"
+        )
     if "capability" in res:
         c = res["capability"]
-        lines.append(f"- capability (multiple choice, n={c['n']}): accuracy {_fmt(c['accuracy'], 3)} "
-                     f"(length-normalised {_fmt(c['accuracy_norm'], 3)}); source: {c['source']}")
+        lines.append(
+            f"- capability (multiple choice, n={c['n']}): accuracy {_fmt(c['accuracy'], 3)} "
+            f"(length-normalised {_fmt(c['accuracy_norm'], 3)}); source: {c['source']}"
+        )
     lines.append(f"- wall time: {res.get('wall_time_s')} s")
     return "\n".join(lines) + "\n"
 

@@ -26,15 +26,17 @@ Intervals are 95% percentile bootstraps over prompts (``n_boot`` resamples, fixe
 bootstrap refits the model on every resample with sigma fixed at the full-set value, so the
 feature transform is the same for the point estimate and its interval.
 """
+
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 import numpy as np
 
-PHI_L2 = 1e-2          # "tiny": negligible unless phi would otherwise run off to infinity
+PHI_L2 = 1e-2  # "tiny": negligible unless phi would otherwise run off to infinity
 MAX_ITER = 100
-MAX_STEP = 5.0         # damping: a Newton step larger than this is scaled down (separable data)
+MAX_STEP = 5.0  # damping: a Newton step larger than this is scaled down (separable data)
 
 
 def _sigmoid(z):
@@ -72,9 +74,11 @@ def fit_length_controlled(y: np.ndarray, x: Optional[np.ndarray]) -> np.ndarray:
     return w
 
 
-LC_METHOD = ("simplified AlpacaEval-2-style GLM (verdict ~ b0 + phi*tanh(dlen/sd), read at dlen = 0; "
-             "no instruction-difficulty term, no regularisation toward gamed baselines, no L1/CV)")
-LC_WARN_ABS, LC_WARN_REL = 10.0, 4.0   # AlpacaEval's get_is_extreme_changes defaults
+LC_METHOD = (
+    "simplified AlpacaEval-2-style GLM (verdict ~ b0 + phi*tanh(dlen/sd), read at dlen = 0; "
+    "no instruction-difficulty term, no regularisation toward gamed baselines, no L1/CV)"
+)
+LC_WARN_ABS, LC_WARN_REL = 10.0, 4.0  # AlpacaEval's get_is_extreme_changes defaults
 
 
 def lc_is_extreme(raw: float, lc: float, abs_diff: float = LC_WARN_ABS, rel_diff: float = LC_WARN_REL) -> bool:
@@ -90,11 +94,17 @@ def _percentile_ci(samples: np.ndarray) -> list:
     return [float(lo), float(hi)]
 
 
-BASES = ("reference", "llm", "prompt-proxy")   # a summary's headline basis: the first one present
+BASES = ("reference", "llm", "prompt-proxy")  # a summary's headline basis: the first one present
 
 
-def win_rate_summary(verdicts: Sequence[Optional[float]], len_a: Sequence[float], len_b: Sequence[float],
-                     n_boot: int = 1000, seed: int = 0, bases: Optional[Sequence[Optional[str]]] = None) -> dict:
+def win_rate_summary(
+    verdicts: Sequence[Optional[float]],
+    len_a: Sequence[float],
+    len_b: Sequence[float],
+    n_boot: int = 1000,
+    seed: int = 0,
+    bases: Optional[Sequence[Optional[str]]] = None,
+) -> dict:
     """Raw and length-controlled win rates of A over B, in percent, with 95% bootstrap intervals.
 
     Returns ``win_rate``, ``win_rate_se`` (AlpacaEval convention: SE of the mean verdict over prompts),
@@ -122,8 +132,9 @@ def win_rate_summary(verdicts: Sequence[Optional[float]], len_a: Sequence[float]
     by_basis = {}
     for b in [b for b in BASES if b in bases] + sorted({b for b in bases if b is not None and b not in BASES}):
         idx = [i for i, x in enumerate(bases) if x == b]
-        by_basis[b] = _summary([verdicts[i] for i in idx], [len_a[i] for i in idx], [len_b[i] for i in idx],
-                               n_boot, seed)
+        by_basis[b] = _summary(
+            [verdicts[i] for i in idx], [len_a[i] for i in idx], [len_b[i] for i in idx], n_boot, seed
+        )
     head = next(iter(by_basis), None)
     out = dict(by_basis[head]) if head is not None else _summary([], [], [], n_boot, seed)
     out.update(basis=head, by_basis=by_basis, no_basis=sum(b is None for b in bases))
@@ -137,14 +148,26 @@ def _summary(verdicts, len_a, len_b, n_boot: int, seed: int) -> dict:
     lb = np.array([float(len_b[i]) for i in keep])
     n = len(keep)
     out = {
-        "wins": int(np.sum(y == 1.0)), "losses": int(np.sum(y == 0.0)), "draws": int(np.sum(y == 0.5)),
-        "unusable": len(verdicts) - n, "n": n,
-        "avg_len_a": float(la.mean()) if n else None, "avg_len_b": float(lb.mean()) if n else None,
+        "wins": int(np.sum(y == 1.0)),
+        "losses": int(np.sum(y == 0.0)),
+        "draws": int(np.sum(y == 0.5)),
+        "unusable": len(verdicts) - n,
+        "n": n,
+        "avg_len_a": float(la.mean()) if n else None,
+        "avg_len_b": float(lb.mean()) if n else None,
         "lc_method": LC_METHOD,
     }
     if n == 0:
-        out.update(win_rate=None, win_rate_se=None, win_rate_ci=None, lc_win_rate=None,
-                   lc_win_rate_ci=None, lc_length_coef=None, lc_unstable=None, lc_warning=None)
+        out.update(
+            win_rate=None,
+            win_rate_se=None,
+            win_rate_ci=None,
+            lc_win_rate=None,
+            lc_win_rate_ci=None,
+            lc_length_coef=None,
+            lc_unstable=None,
+            lc_warning=None,
+        )
         return out
 
     out["win_rate"] = 100.0 * float(y.mean())
@@ -158,9 +181,15 @@ def _summary(verdicts, len_a, len_b, n_boot: int, seed: int) -> dict:
     out["lc_win_rate"] = 100.0 * float(_sigmoid(w[0]))
     out["lc_length_coef"] = float(w[1])
     out["lc_unstable"] = lc_is_extreme(out["win_rate"], out["lc_win_rate"])
-    out["lc_warning"] = (f"LC win rate {out['lc_win_rate']:.1f}% is far from the raw {out['win_rate']:.1f}% "
-                         f"(AlpacaEval's rule: > {LC_WARN_ABS:g} points and > 1/{LC_WARN_REL:g} of the room); "
-                         f"the length fit on {n} verdicts is not trustworthy") if out["lc_unstable"] else None
+    out["lc_warning"] = (
+        (
+            f"LC win rate {out['lc_win_rate']:.1f}% is far from the raw {out['win_rate']:.1f}% "
+            f"(AlpacaEval's rule: > {LC_WARN_ABS:g} points and > 1/{LC_WARN_REL:g} of the room); "
+            f"the length fit on {n} verdicts is not trustworthy"
+        )
+        if out["lc_unstable"]
+        else None
+    )
 
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, n, size=(max(1, int(n_boot)), n))

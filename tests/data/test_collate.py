@@ -1,4 +1,5 @@
 """Batching: FFD packing, determinism, and packed rows that never let attention or loss cross documents."""
+
 import random
 
 import pytest
@@ -38,8 +39,10 @@ def test_padded_batches_shape_and_determinism():
     c = make_batches(ex, 4, packing=False, max_length=64, pad_token_id=0, seed=1, epoch=1)
     assert len(a) == 10 and all(set(x) == {"input_ids", "attention_mask", "labels"} for x in a)
     assert all(torch.equal(x[k], y[k]) for x, y in zip(a, b) for k in x)
-    assert any(x["input_ids"].shape != y["input_ids"].shape or not torch.equal(x["input_ids"], y["input_ids"])
-               for x, y in zip(a, c))
+    assert any(
+        x["input_ids"].shape != y["input_ids"].shape or not torch.equal(x["input_ids"], y["input_ids"])
+        for x, y in zip(a, c)
+    )
     # every example appears once; padding is masked and unlabelled
     seen = sorted(tuple(r[m.bool()].tolist()) for x in a for r, m in zip(x["input_ids"], x["attention_mask"]))
     assert seen == sorted(tuple(e["input_ids"]) for e in ex)
@@ -49,7 +52,9 @@ def test_padded_batches_shape_and_determinism():
     # the longest batch comes first; grouping by length cuts padding
     assert a[0]["input_ids"].shape[1] == max(len(e["input_ids"]) for e in ex)
     pad = lambda bs: sum((x["attention_mask"] == 0).sum().item() for x in bs)  # noqa: E731
-    ungrouped = make_batches(ex, 4, packing=False, max_length=64, pad_token_id=0, seed=1, epoch=0, group_by_length=False)
+    ungrouped = make_batches(
+        ex, 4, packing=False, max_length=64, pad_token_id=0, seed=1, epoch=0, group_by_length=False
+    )
     assert pad(a) < pad(ungrouped)
 
 
@@ -96,5 +101,5 @@ def test_packing_never_crosses_documents(tiny_llama_dir):
         packed_loss = _doc_loss(packed, row["labels"][0])
         # control: the same row as one long sequence (no restarts) does mix documents
         mixed = model(input_ids=row["input_ids"], use_cache=False).logits[0]
-        assert not torch.allclose(mixed[starts[1]:], packed[starts[1]:], atol=1e-3)
+        assert not torch.allclose(mixed[starts[1] :], packed[starts[1] :], atol=1e-3)
     torch.testing.assert_close(packed_loss, alone_loss, atol=1e-4, rtol=1e-6)

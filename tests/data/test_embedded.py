@@ -1,4 +1,5 @@
 """Embedded datasets (ShareGPT, MT-Bench) and build_datasets (split, dedupe, subsets, skips)."""
+
 import json
 import time
 from collections import Counter
@@ -75,8 +76,10 @@ def test_mtbench_first_n_span_categories():
 def test_stratified_order_rule():
     from neftune.data.embedded import stratified_order
 
-    recs = [{"category": c, "question_id": i, "reference": ref} for i, (c, ref) in
-            enumerate([("w", None), ("w", None), ("m", None), ("m", "r"), ("m", "r"), ("x", None)])]
+    recs = [
+        {"category": c, "question_id": i, "reference": ref}
+        for i, (c, ref) in enumerate([("w", None), ("w", None), ("m", None), ("m", "r"), ("m", "r"), ("x", None)])
+    ]
     got = [(r["category"], r["question_id"]) for r in stratified_order(recs)]
     assert got == [("m", 3), ("w", 0), ("x", 5), ("m", 4), ("w", 1), ("m", 2)]
 

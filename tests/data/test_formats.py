@@ -1,4 +1,5 @@
 """load_records: every source kind and format parses; every bad-record kind is named with file and line."""
+
 from collections import Counter
 from pathlib import Path
 
@@ -22,8 +23,10 @@ def test_alpaca_json_lines_and_input():
     recs = load_records(DATA / "alpaca.json")
     assert len(recs) == 3
     assert [r["source"].rsplit(":", 1)[1] for r in recs] == ["2", "7", "12"]  # line where each record starts
-    assert recs[0]["messages"] == [{"role": "user", "content": "Give three tips for staying healthy."},
-                                   {"role": "assistant", "content": "1. Eat a balanced diet.\n2. Exercise regularly.\n3. Get enough sleep."}]
+    assert recs[0]["messages"] == [
+        {"role": "user", "content": "Give three tips for staying healthy."},
+        {"role": "assistant", "content": "1. Eat a balanced diet.\n2. Exercise regularly.\n3. Get enough sleep."},
+    ]
     user = recs[1]["messages"][0]
     assert user["content"] == "Translate the sentence to French.\n\nHello world!" and user["input"] == "Hello world!"
     assert recs[0]["id"] == "alpaca.json:2"
@@ -58,8 +61,10 @@ def test_messages_and_prompt_completion():
     recs = load_records(DATA / "messages.jsonl")
     assert roles(recs[1]) == ["system", "user", "assistant", "user", "assistant"]
     pc = load_records(DATA / "prompt_completion.jsonl")
-    assert pc[0]["messages"] == [{"role": "user", "content": "The quick brown fox"},
-                                 {"role": "assistant", "content": " jumps over the lazy dog."}]
+    assert pc[0]["messages"] == [
+        {"role": "user", "content": "The quick brown fox"},
+        {"role": "assistant", "content": " jumps over the lazy dog."},
+    ]
     assert roles(pc[1]) == ["system", "user", "assistant"]
 
 
@@ -114,11 +119,14 @@ def test_bad_record_named_and_skippable(name, reason, line):
     assert len(recs) == 2 and skipped == Counter({reason: 1})
 
 
-@pytest.mark.parametrize("name,reason,line", [
-    ("bad_empty_file.jsonl", "empty_file", None),
-    ("bad_unknown_format.jsonl", "unknown_format", 1),
-    ("bad_invalid_json_array.json", "invalid_json", 4),  # no safe resync point inside a JSON list
-])
+@pytest.mark.parametrize(
+    "name,reason,line",
+    [
+        ("bad_empty_file.jsonl", "empty_file", None),
+        ("bad_unknown_format.jsonl", "unknown_format", 1),
+        ("bad_invalid_json_array.json", "invalid_json", 4),  # no safe resync point inside a JSON list
+    ],
+)
 def test_file_level_problems_always_raise(name, reason, line):
     for mode in ("error", "skip"):
         with pytest.raises(DataError) as ei:
@@ -132,7 +140,7 @@ def test_not_utf8_in_json_list_and_csv(tmp_path):
     with pytest.raises(DataError, match=r"l.json:3: not_utf8"):
         load_records(p)
     c = tmp_path / "c.csv"
-    c.write_bytes(b'instruction,output\na,b\ncaf\xe9,b\n')
+    c.write_bytes(b"instruction,output\na,b\ncaf\xe9,b\n")
     skipped = Counter()
     assert len(load_records(c, on_bad_record="skip", skipped=skipped)) == 1 and skipped["not_utf8"] == 1
 
@@ -154,9 +162,11 @@ def test_missing_unknown_and_offline_hub(tmp_path):
 
 def test_role_order_and_empty_turns(tmp_path):
     p = tmp_path / "m.jsonl"
-    p.write_text('{"messages": [{"role": "assistant", "content": "x"}, {"role": "user", "content": "y"}]}\n'
-                 '{"messages": [{"role": "user", "content": "  "}, {"role": "assistant", "content": "y"}]}\n'
-                 '{"messages": []}\n[1, 2]\n')
+    p.write_text(
+        '{"messages": [{"role": "assistant", "content": "x"}, {"role": "user", "content": "y"}]}\n'
+        '{"messages": [{"role": "user", "content": "  "}, {"role": "assistant", "content": "y"}]}\n'
+        '{"messages": []}\n[1, 2]\n'
+    )
     skipped = Counter()
     assert load_records(p, on_bad_record="skip", skipped=skipped) == []
     assert skipped == Counter({"unknown_role": 1, "missing_field": 2, "wrong_type": 1})

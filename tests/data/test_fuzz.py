@@ -1,4 +1,5 @@
 """Fuzz load_records: whatever the bytes, it returns records or raises a DataError naming the file."""
+
 import json
 import os
 import tempfile
@@ -10,10 +11,27 @@ from hypothesis import strategies as st
 from neftune.data import load_records, tokenize_example
 from neftune.errors import DataError
 
-FIELDS = ["instruction", "input", "output", "system", "conversations", "messages", "prompt", "completion", "id",
-          "role", "content", "from", "value", "extra"]
-text = st.one_of(st.text(max_size=30), st.sampled_from(["", "   ", "user", "gpt", "assistant", "human", "system"]),
-                 st.text(min_size=1, max_size=3).map(lambda s: s * 5000))  # huge fields
+FIELDS = [
+    "instruction",
+    "input",
+    "output",
+    "system",
+    "conversations",
+    "messages",
+    "prompt",
+    "completion",
+    "id",
+    "role",
+    "content",
+    "from",
+    "value",
+    "extra",
+]
+text = st.one_of(
+    st.text(max_size=30),
+    st.sampled_from(["", "   ", "user", "gpt", "assistant", "human", "system"]),
+    st.text(min_size=1, max_size=3).map(lambda s: s * 5000),
+)  # huge fields
 scalar = st.one_of(text, st.integers(), st.floats(allow_nan=True), st.booleans(), st.none())
 turn = st.dictionaries(st.sampled_from(["role", "content", "from", "value", "x"]), scalar, max_size=4)
 value = st.one_of(scalar, st.lists(st.one_of(turn, scalar), max_size=4), turn)
@@ -22,16 +40,23 @@ good_turn = st.builds(lambda r, c: {"role": r, "content": c}, st.sampled_from(["
 GOOD = [  # mostly-valid records of each format, so the success path gets fuzzed too
     st.fixed_dictionaries({"instruction": words, "output": words}, optional={"input": words, "system": words}),
     st.lists(st.tuples(words, words), min_size=1, max_size=3).map(
-        lambda ps: {"messages": [{"role": r, "content": c} for p in ps for r, c in zip(("user", "assistant"), p)]}),
+        lambda ps: {"messages": [{"role": r, "content": c} for p in ps for r, c in zip(("user", "assistant"), p)]}
+    ),
     st.fixed_dictionaries({"messages": st.lists(good_turn, max_size=4)}),
-    st.fixed_dictionaries({"prompt": words, "completion": words})]
+    st.fixed_dictionaries({"prompt": words, "completion": words}),
+]
 good = st.one_of(*GOOD)
 one_format = st.sampled_from(GOOD).flatmap(lambda g: st.lists(g, min_size=1, max_size=5))
-record = st.one_of(good, good, st.dictionaries(st.sampled_from(FIELDS), value, max_size=6),
-                   st.fixed_dictionaries({"instruction": text, "output": text}, optional={"input": value}),
-                   st.fixed_dictionaries({"messages": st.lists(turn, max_size=4)}),
-                   st.fixed_dictionaries({"conversations": st.lists(turn, max_size=4)}),
-                   scalar, st.lists(scalar, max_size=3))
+record = st.one_of(
+    good,
+    good,
+    st.dictionaries(st.sampled_from(FIELDS), value, max_size=6),
+    st.fixed_dictionaries({"instruction": text, "output": text}, optional={"input": value}),
+    st.fixed_dictionaries({"messages": st.lists(turn, max_size=4)}),
+    st.fixed_dictionaries({"conversations": st.lists(turn, max_size=4)}),
+    scalar,
+    st.lists(scalar, max_size=3),
+)
 
 
 def as_json(records, kind, cut):
@@ -46,6 +71,7 @@ def as_json(records, kind, cut):
 def as_csv(records):
     import csv
     import io
+
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(["instruction", "input", "output"])
@@ -57,6 +83,7 @@ def as_csv(records):
 def as_parquet(records, path):
     import pyarrow as pa
     import pyarrow.parquet as pq
+
     try:
         pq.write_table(pa.Table.from_pylist([r for r in records if isinstance(r, dict)]), path)
         return True
@@ -64,15 +91,27 @@ def as_parquet(records, path):
         return False
 
 
-@settings(max_examples=int(os.environ.get("NEFTUNE_FUZZ_EXAMPLES", 50)), deadline=None, suppress_health_check=list(HealthCheck))
-@given(ext=st.sampled_from([".json", ".jsonl", ".csv", ".parquet"]),
-       fmt=st.sampled_from(["auto"] * 4 + ["alpaca", "sharegpt", "messages", "prompt_completion"]),
-       mode=st.sampled_from(["error", "skip"]),
-       body=st.one_of(st.binary(max_size=300), st.just(b""),
-                      st.tuples(one_format, st.sampled_from(["list", "lines"]), st.none()),
-                      st.tuples(st.lists(record, max_size=5), st.sampled_from(["list", "lines"]),
-                                st.one_of(st.none(), st.integers(0, 400)))),
-       columns=st.one_of(st.none(), st.none(), st.none(), st.dictionaries(st.sampled_from(FIELDS), st.sampled_from(FIELDS), max_size=2)))
+@settings(
+    max_examples=int(os.environ.get("NEFTUNE_FUZZ_EXAMPLES", 50)),
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+)
+@given(
+    ext=st.sampled_from([".json", ".jsonl", ".csv", ".parquet"]),
+    fmt=st.sampled_from(["auto"] * 4 + ["alpaca", "sharegpt", "messages", "prompt_completion"]),
+    mode=st.sampled_from(["error", "skip"]),
+    body=st.one_of(
+        st.binary(max_size=300),
+        st.just(b""),
+        st.tuples(one_format, st.sampled_from(["list", "lines"]), st.none()),
+        st.tuples(
+            st.lists(record, max_size=5), st.sampled_from(["list", "lines"]), st.one_of(st.none(), st.integers(0, 400))
+        ),
+    ),
+    columns=st.one_of(
+        st.none(), st.none(), st.none(), st.dictionaries(st.sampled_from(FIELDS), st.sampled_from(FIELDS), max_size=2)
+    ),
+)
 def test_load_records_never_leaks_library_errors(tiny_tokenizer, ext, fmt, mode, body, columns):
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, f"fuzzed{ext}")

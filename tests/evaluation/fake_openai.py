@@ -14,6 +14,7 @@ Each request first consumes the next scripted action (if any), then falls back t
 ``policy(first_output, second_output, body) -> str`` decides the answer text otherwise.
 The server checks the Authorization header against ``expected_key`` (401 if wrong).
 """
+
 from __future__ import annotations
 
 import json
@@ -106,10 +107,14 @@ class FakeOpenAI:
 
     @staticmethod
     def completion(text, body):
-        return {"id": "chatcmpl-test", "object": "chat.completion", "created": int(time.time()),
-                "model": (body or {}).get("model", "m"),
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-                "usage": {"prompt_tokens": 10, "completion_tokens": 1, "total_tokens": 11}}
+        return {
+            "id": "chatcmpl-test",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": (body or {}).get("model", "m"),
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 1, "total_tokens": 11},
+        }
 
     @property
     def base_url(self):

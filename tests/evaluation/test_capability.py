@@ -1,4 +1,5 @@
 """Multiple-choice log-likelihood accuracy: batched == unbatched, forced answers win, asset is valid."""
+
 from __future__ import annotations
 
 import json
@@ -10,8 +11,13 @@ import torch
 
 from neftune.errors import DataError, NeftuneError
 from neftune.evaluation import capability
-from neftune.evaluation.capability import (build_requests, choice_logprobs, lm_eval_passthrough, load_questions,
-                                           mc_accuracy)
+from neftune.evaluation.capability import (
+    build_requests,
+    choice_logprobs,
+    lm_eval_passthrough,
+    load_questions,
+    mc_accuracy,
+)
 
 
 def _load(path):
@@ -34,7 +40,7 @@ def _reference(model, tok, questions):
         per = []
         for c in q["choices"]:
             whole = tok(ctx + " " + c, add_special_tokens=False)["input_ids"]
-            assert whole[:len(ctx_ids)] == ctx_ids
+            assert whole[: len(ctx_ids)] == ctx_ids
             ids = torch.tensor([[tok.bos_token_id] + whole])
             n_cont = len(whole) - len(ctx_ids)
             with torch.no_grad():
@@ -79,10 +85,14 @@ class BoostHead(torch.nn.Module):
 
 def test_forced_choice_is_picked(tiny_llama_dir, tiny_tokenizer):
     model, tok = _load(tiny_llama_dir)
-    q = {"question": "What is the capital of France?", "choices": ["dog", "Paris", "0123", "{ }"], "answer": 1,
-         "subject": "test"}
+    q = {
+        "question": "What is the capital of France?",
+        "choices": ["dog", "Paris", "0123", "{ }"],
+        "answer": 1,
+        "subject": "test",
+    }
     reqs = build_requests(tok, [q])
-    conts = [set(ids[len(ids) - n:]) for ids, n in reqs]
+    conts = [set(ids[len(ids) - n :]) for ids, n in reqs]
     assert all(not (conts[1] & c) for j, c in enumerate(conts) if j != 1)  # disjoint token sets
     wrong = dict(q, answer=3)
     model.lm_head = BoostHead(model.lm_head, conts[1])
@@ -102,7 +112,9 @@ def test_asset_is_valid_and_loader_validates(tmp_path):
 
     def bad(rec, match):
         p = tmp_path / "q.jsonl"
-        p.write_text(json.dumps({"question": "ok?", "choices": ["a", "b"], "answer": 0}) + "\n" + json.dumps(rec) + "\n")
+        p.write_text(
+            json.dumps({"question": "ok?", "choices": ["a", "b"], "answer": 0}) + "\n" + json.dumps(rec) + "\n"
+        )
         with pytest.raises(DataError, match=match) as e:
             load_questions(p)
         assert e.value.line == 2
@@ -119,8 +131,9 @@ def test_asset_is_valid_and_loader_validates(tmp_path):
 
 def test_lm_eval_passthrough(monkeypatch, tmp_path):
     real_find_spec = capability.importlib.util.find_spec
-    monkeypatch.setattr(capability.importlib.util, "find_spec",
-                        lambda name, *a: None if name == "lm_eval" else real_find_spec(name, *a))
+    monkeypatch.setattr(
+        capability.importlib.util, "find_spec", lambda name, *a: None if name == "lm_eval" else real_find_spec(name, *a)
+    )
     with pytest.raises(NeftuneError, match="pip install lm-eval"):
         lm_eval_passthrough(str(tmp_path), ["mmlu"])
 
@@ -131,5 +144,9 @@ def test_lm_eval_passthrough(monkeypatch, tmp_path):
     monkeypatch.setattr(capability.importlib.util, "find_spec", lambda name, *a: object())
     (tmp_path / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "/base"}))
     assert lm_eval_passthrough(str(tmp_path), ["arc_easy"], limit=4) == {"arc_easy": {"acc,none": 0.5}}
-    assert calls["model"] == "hf" and f"peft={tmp_path}" in calls["model_args"] and "pretrained=/base" in calls["model_args"]
+    assert (
+        calls["model"] == "hf"
+        and f"peft={tmp_path}" in calls["model_args"]
+        and "pretrained=/base" in calls["model_args"]
+    )
     assert calls["tasks"] == ["arc_easy"] and calls["limit"] == 4

@@ -1,4 +1,5 @@
 """Exact-answer set: deterministic generator with recomputed answers, code snippets really run, scoring rule."""
+
 import contextlib
 import io
 import re
@@ -15,9 +16,18 @@ from neftune.evaluation.exact import (
 )
 
 # real-world factors, written independently of the module's table
-FACTORS = {("kilometers", "meters"): 1000, ("meters", "centimeters"): 100, ("hours", "minutes"): 60,
-           ("minutes", "seconds"): 60, ("kilograms", "grams"): 1000, ("liters", "milliliters"): 1000,
-           ("days", "hours"): 24, ("feet", "inches"): 12, ("weeks", "days"): 7, ("yards", "feet"): 3}
+FACTORS = {
+    ("kilometers", "meters"): 1000,
+    ("meters", "centimeters"): 100,
+    ("hours", "minutes"): 60,
+    ("minutes", "seconds"): 60,
+    ("kilograms", "grams"): 1000,
+    ("liters", "milliliters"): 1000,
+    ("days", "hours"): 24,
+    ("feet", "inches"): 12,
+    ("weeks", "days"): 7,
+    ("yards", "feet"): 3,
+}
 
 
 def test_same_seed_same_questions_other_seed_differs():
@@ -51,22 +61,25 @@ def test_code_snippets_print_their_stored_answers():
         assert it["code"] in it["question"]
 
 
-@pytest.mark.parametrize("resp,answer,numeric,ok", [
-    ("19", "19", True, True),
-    ("Ana has 12 + 7 = 19 apples.", "19", True, True),
-    ("There are 1,500 meters.", "1500", True, True),
-    ("The answer is 19. Tomorrow she buys 3 more.", "19", True, False),   # last number rule
-    ("I am not sure.", "19", True, False),
-    ("It prints 2.5", "2.5", True, True),
-    ("-4", "-4", True, True),
-    ("The output is `cba`.", "cba", False, True),
-    ("cba", "cba", False, True),
-    ("It prints:\nnanana", "nanana", False, True),
-    ("The output is abcba", "cba", False, False),                          # word boundary
-    ("cba is printed, not abc", "cba", False, False),
-    ("", "cba", False, False),
-    ("PYTHON", "PYTHON", False, True),
-])
+@pytest.mark.parametrize(
+    "resp,answer,numeric,ok",
+    [
+        ("19", "19", True, True),
+        ("Ana has 12 + 7 = 19 apples.", "19", True, True),
+        ("There are 1,500 meters.", "1500", True, True),
+        ("The answer is 19. Tomorrow she buys 3 more.", "19", True, False),  # last number rule
+        ("I am not sure.", "19", True, False),
+        ("It prints 2.5", "2.5", True, True),
+        ("-4", "-4", True, True),
+        ("The output is `cba`.", "cba", False, True),
+        ("cba", "cba", False, True),
+        ("It prints:\nnanana", "nanana", False, True),
+        ("The output is abcba", "cba", False, False),  # word boundary
+        ("cba is printed, not abc", "cba", False, False),
+        ("", "cba", False, False),
+        ("PYTHON", "PYTHON", False, True),
+    ],
+)
 def test_is_correct_on_fixed_strings(resp, answer, numeric, ok):
     assert is_correct(resp, answer, numeric) is ok
 

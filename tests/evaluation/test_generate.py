@@ -1,4 +1,5 @@
 """Batched left-padded generation equals a per-prompt loop; resume regenerates only missing items."""
+
 from __future__ import annotations
 
 import json
@@ -7,15 +8,23 @@ import pytest
 import torch
 
 from neftune.errors import DataError, NeftuneError
-from neftune.evaluation.generate import (encode_prompt, generate_answers, prompt_sha, read_alpaca_eval,
-                                         write_alpaca_eval)
+from neftune.evaluation.generate import encode_prompt, generate_answers, prompt_sha, read_alpaca_eval, write_alpaca_eval
 from neftune.evaluation.greedy import greedy_generate
 
-ALPACA = ("Below is an instruction that describes a task. Write a response that appropriately completes the "
-          "request.\n\n### Instruction:\n{q}\n\n### Response:\n")
-QUESTIONS = ["Hi", "What is the capital of France?", "The quick brown fox jumps over the lazy dog. Hello world!",
-             "2 + 2 =", "Say [ ] { } ; :", "user assistant system 0123456789 + - * / = ( )", "Paris.",
-             "What is the quick brown fox? The lazy dog jumps over it, and then the fox says hello world."]
+ALPACA = (
+    "Below is an instruction that describes a task. Write a response that appropriately completes the "
+    "request.\n\n### Instruction:\n{q}\n\n### Response:\n"
+)
+QUESTIONS = [
+    "Hi",
+    "What is the capital of France?",
+    "The quick brown fox jumps over the lazy dog. Hello world!",
+    "2 + 2 =",
+    "Say [ ] { } ; :",
+    "user assistant system 0123456789 + - * / = ( )",
+    "Paris.",
+    "What is the quick brown fox? The lazy dog jumps over it, and then the fox says hello world.",
+]
 PROMPTS = [ALPACA.format(q=q) for q in QUESTIONS] + ["short", "a"]
 
 
@@ -39,9 +48,16 @@ def _loop(model, tok, prompts, max_new_tokens, repetition_penalty=None):
         ids = torch.tensor([encode_prompt(tok, p)])
         kw = {"repetition_penalty": repetition_penalty} if repetition_penalty else {}
         with torch.inference_mode():
-            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                                 do_sample=False, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, **kw)
-        outs.append(tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip())
+            out = model.generate(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=tok.pad_token_id,
+                eos_token_id=tok.eos_token_id,
+                **kw,
+            )
+        outs.append(tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip())
     return outs
 
 
@@ -69,8 +85,9 @@ def test_batched_equals_unbatched_loop(model_tok, preset):
 def test_greedy_paths_equal_loop_at_any_batch_size(model_tok, batch_size, fast):
     model, tok = model_tok
     ref = _loop(model, tok, PROMPTS, 12)
-    got = generate_answers(model, tok, PROMPTS, max_new_tokens=12, batch_size=batch_size, progress=False,
-                           fast_greedy=fast)
+    got = generate_answers(
+        model, tok, PROMPTS, max_new_tokens=12, batch_size=batch_size, progress=False, fast_greedy=fast
+    )
     assert got == ref
 
 
@@ -78,9 +95,15 @@ def _ref_ids(model, prompt_ids, max_new_tokens, eos, pad):
     """Per-prompt greedy `generate`: the new token ids (EOS included when one was emitted)."""
     ids = torch.tensor([prompt_ids])
     with torch.inference_mode():
-        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                             do_sample=False, pad_token_id=pad, eos_token_id=eos)
-    return out[0, ids.shape[1]:].tolist()
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=pad,
+            eos_token_id=eos,
+        )
+    return out[0, ids.shape[1] :].tolist()
 
 
 @pytest.mark.parametrize("shrink", [True, False])
@@ -100,19 +123,29 @@ def test_greedy_ids_with_eos_mid_batch_and_the_cap(model_tok, shrink):
     ref = [_ref_ids(model, p, 10, eos, tok.pad_token_id) for p in prompts]
     lengths = {len(r) for r in ref}
     assert 10 in lengths and len(lengths) > 2  # some rows hit the cap, others stop early at different steps
-    got = greedy_generate(model, prompts, max_new_tokens=10, eos_ids=eos, pad_id=tok.pad_token_id,
-                          device=torch.device("cpu"), shrink=shrink)
+    got = greedy_generate(
+        model,
+        prompts,
+        max_new_tokens=10,
+        eos_ids=eos,
+        pad_id=tok.pad_token_id,
+        device=torch.device("cpu"),
+        shrink=shrink,
+    )
     assert got == ref
-    assert greedy_generate(model, prompts[:3], max_new_tokens=1, eos_ids=eos, pad_id=tok.pad_token_id,
-                           device=torch.device("cpu")) == [r[:1] for r in ref[:3]]
-    assert greedy_generate(model, prompts[:3], max_new_tokens=0, eos_ids=eos, pad_id=tok.pad_token_id,
-                           device=torch.device("cpu")) == [[], [], []]
+    assert greedy_generate(
+        model, prompts[:3], max_new_tokens=1, eos_ids=eos, pad_id=tok.pad_token_id, device=torch.device("cpu")
+    ) == [r[:1] for r in ref[:3]]
+    assert greedy_generate(
+        model, prompts[:3], max_new_tokens=0, eos_ids=eos, pad_id=tok.pad_token_id, device=torch.device("cpu")
+    ) == [[], [], []]
 
 
 def test_repetition_penalty_override_and_preset_difference(model_tok):
     model, tok = model_tok
-    a = generate_answers(model, tok, PROMPTS[:3], max_new_tokens=16, preset="original", repetition_penalty=1.0,
-                         progress=False)
+    a = generate_answers(
+        model, tok, PROMPTS[:3], max_new_tokens=16, preset="original", repetition_penalty=1.0, progress=False
+    )
     b = generate_answers(model, tok, PROMPTS[:3], max_new_tokens=16, preset="greedy", progress=False)
     assert a == b  # explicit 1.0 switches the preset's penalty off
     with pytest.raises(NeftuneError, match="preset"):
@@ -189,8 +222,10 @@ def test_alpaca_eval_roundtrip_and_validation(tmp_path):
     path = tmp_path / "out.json"
     write_alpaca_eval(path, ["q1", "q2"], ["a1", "a2"], generator="alpha5", dataset="mt-bench")
     rows = read_alpaca_eval(path)
-    assert rows == [{"instruction": "q1", "output": "a1", "generator": "alpha5", "dataset": "mt-bench"},
-                    {"instruction": "q2", "output": "a2", "generator": "alpha5", "dataset": "mt-bench"}]
+    assert rows == [
+        {"instruction": "q1", "output": "a1", "generator": "alpha5", "dataset": "mt-bench"},
+        {"instruction": "q2", "output": "a2", "generator": "alpha5", "dataset": "mt-bench"},
+    ]
     assert not list(tmp_path.glob("*.tmp"))
     with pytest.raises(NeftuneError):
         write_alpaca_eval(path, ["q1"], ["a1", "a2"], generator="g")

@@ -1,5 +1,6 @@
 """Per-item helpers: ids from records, the trained-examples source (with the fallback for older runs),
 the capped fraction over known flags."""
+
 from neftune import rundir
 from neftune.evaluation.items import TRAINED_SOURCE, capped_fraction, item_ids, trained_records
 

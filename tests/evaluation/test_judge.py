@@ -1,4 +1,5 @@
 """Judges: the LLM judge against a real loopback OpenAI-compatible server, and the offline judge."""
+
 from __future__ import annotations
 
 import json
@@ -44,6 +45,7 @@ def test_both_orders_consistent_for_a_content_preferring_judge(tmp_path):
         assert srv.n_requests == 2 and j.stats["cache_hits"] == 2
         # Both orders really were presented: (LONG, SHORT) and (SHORT, LONG) in the first pair.
         from fake_openai import extract_outputs
+
         assert [extract_outputs(b) for _, b in srv.requests[:2]] == [(LONG, SHORT), (SHORT, LONG)]
         # The key travels only as the Authorization header.
         assert all(h.get("authorization") == f"Bearer {KEY}" for h, _ in srv.requests)
@@ -55,9 +57,11 @@ def test_position_bias_cancels_to_a_draw(tmp_path):
         assert make(srv, tmp_path).judge("p", LONG, SHORT)[0] == 0.5
 
 
-@pytest.mark.parametrize("action", [("status", 500), ("status", 503), ("status", 429), ("sleep", 1.0),
-                                    ("malformed",), ("drop",)],
-                         ids=["500", "503", "429", "timeout", "malformed-json", "dropped-connection"])
+@pytest.mark.parametrize(
+    "action",
+    [("status", 500), ("status", 503), ("status", 429), ("sleep", 1.0), ("malformed",), ("drop",)],
+    ids=["500", "503", "429", "timeout", "malformed-json", "dropped-connection"],
+)
 def test_transient_failures_are_retried(tmp_path, action):
     with FakeOpenAI(prefer_longer, script=[action], expected_key=KEY) as srv:
         j = make(srv, tmp_path)
@@ -97,8 +101,9 @@ def test_unusable_replies_are_counted_not_guessed(tmp_path):
 
 
 def test_rerun_with_cache_asks_nothing_twice(tmp_path):
-    items = [{"prompt": f"q{i}", "answer_a": LONG * (i % 2 + 1), "answer_b": SHORT, "reference": None}
-             for i in range(3)]
+    items = [
+        {"prompt": f"q{i}", "answer_a": LONG * (i % 2 + 1), "answer_b": SHORT, "reference": None} for i in range(3)
+    ]
     with FakeOpenAI(prefer_longer) as srv:
         first = make(srv, tmp_path).judge_many(items, progress=False)
         assert srv.n_requests == 6
@@ -159,12 +164,26 @@ def test_missing_key_env_var_is_a_judge_error(monkeypatch, tmp_path):
         LLMJudge("http://127.0.0.1:9/v1", "m", api_key_env=ENV, cache_path=tmp_path / "c.jsonl")
 
 
-@pytest.mark.parametrize("reply,choice", [
-    ("a", "a"), (" B ", "b"), ("(a)", "a"), ("Output (b)", "b"), ("**Output (a)**", "a"), ("output b", "b"),
-    ("b.", "b"), ("A: it is more detailed", "a"), ("I prefer Output (b) here.", "b"),
-    ("Output (a) is better than Output (b).", "a"), ("", None), ("Both are good", None),
-    ("A better answer would mention the moon.", None), ("Compared with (b), output (a) wins", None), (None, None),
-])
+@pytest.mark.parametrize(
+    "reply,choice",
+    [
+        ("a", "a"),
+        (" B ", "b"),
+        ("(a)", "a"),
+        ("Output (b)", "b"),
+        ("**Output (a)**", "a"),
+        ("output b", "b"),
+        ("b.", "b"),
+        ("A: it is more detailed", "a"),
+        ("I prefer Output (b) here.", "b"),
+        ("Output (a) is better than Output (b).", "a"),
+        ("", None),
+        ("Both are good", None),
+        ("A better answer would mention the moon.", None),
+        ("Compared with (b), output (a) wins", None),
+        (None, None),
+    ],
+)
 def test_parse_choice(reply, choice):
     assert parse_choice(reply) == choice
 
@@ -173,8 +192,17 @@ def test_make_judge_from_eval_config(tmp_path):
     assert make_judge(EvalConfig(judge="none")) is None
     off = make_judge(EvalConfig(judge="offline", tie_margin=0.05))
     assert isinstance(off, OfflineJudge) and off.tie_margin == 0.05
-    llm = make_judge(EvalConfig(judge="llm", judge_base_url="http://127.0.0.1:9/v1", judge_model="jm",
-                                judge_api_key_env=ENV, judge_max_retries=2, judge_timeout=3.0), tmp_path / "c.jsonl")
+    llm = make_judge(
+        EvalConfig(
+            judge="llm",
+            judge_base_url="http://127.0.0.1:9/v1",
+            judge_model="jm",
+            judge_api_key_env=ENV,
+            judge_max_retries=2,
+            judge_timeout=3.0,
+        ),
+        tmp_path / "c.jsonl",
+    )
     assert isinstance(llm, LLMJudge) and (llm.model, llm.max_retries, llm.timeout) == ("jm", 2, 3.0)
     assert llm.cache_path == tmp_path / "c.jsonl" and KEY not in repr(llm)
 
@@ -199,19 +227,38 @@ def test_offline_near_equal_is_a_draw_and_prompt_fallback(offline):
     a = "Paris is the capital of France."
     assert offline.judge("Capital of France?", a, a, reference="Paris.")[0] == 0.5
     assert offline.judge("Capital of France?", a, "Paris is the capital city of France.", reference="Paris.")[0] == 0.5
-    res = offline.judge_many([
-        {"prompt": "What is the capital of France?", "answer_a": a, "answer_b": "I like turtles.", "reference": None},
-        {"prompt": "What is the capital of France?", "answer_a": "I like turtles.", "answer_b": a, "reference": None},
-    ])
+    res = offline.judge_many(
+        [
+            {
+                "prompt": "What is the capital of France?",
+                "answer_a": a,
+                "answer_b": "I like turtles.",
+                "reference": None,
+            },
+            {
+                "prompt": "What is the capital of France?",
+                "answer_a": "I like turtles.",
+                "answer_b": a,
+                "reference": None,
+            },
+        ]
+    )
     assert [v for v, _ in res] == [1.0, 0.0] and all(i["basis"] == "prompt-proxy" for _, i in res)
 
 
 def test_offline_without_reference_or_prompt_has_no_basis_and_no_verdict(offline):
     before = dict(offline.stats)
-    (v, info), (v2, info2) = offline.judge_many([
-        {"prompt": "", "answer_a": "Paris.", "answer_b": "I like turtles.", "reference": None},
-        {"prompt": "Capital of France?", "answer_a": "Paris.", "answer_b": "I like turtles.", "reference": "Paris."},
-    ])
+    (v, info), (v2, info2) = offline.judge_many(
+        [
+            {"prompt": "", "answer_a": "Paris.", "answer_b": "I like turtles.", "reference": None},
+            {
+                "prompt": "Capital of France?",
+                "answer_a": "Paris.",
+                "answer_b": "I like turtles.",
+                "reference": "Paris.",
+            },
+        ]
+    )
     assert v is None and info["basis"] is None and info["margin"] is None
     assert v2 == 1.0 and info2["basis"] == "reference" and info2["margin"] > 0
     assert offline.stats["no_basis"] == before["no_basis"] + 1

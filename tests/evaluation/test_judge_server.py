@@ -11,6 +11,7 @@ GGUF conversion in the fresh test cache plus server start-up; 4 requests 122 s);
 server is up in ≈45 s and a request takes ≈5 s.
 Marked ``slow`` (it still runs in ``make test``; deselect with ``-m "not slow"``).
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -77,8 +78,17 @@ def served_smollm2(tmp_path_factory):
     port = _free_port()
     log_path = tmp_path_factory.mktemp("serve") / "serve.log"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "NO_PROXY": "127.0.0.1,localhost"}
-    cmd = _serve_cmd() + [model_dir, "--host", "127.0.0.1", "--port", str(port), "--device", "cpu",
-                          "--log-level", "warning"]
+    cmd = _serve_cmd() + [
+        model_dir,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--device",
+        "cpu",
+        "--log-level",
+        "warning",
+    ]
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
     try:
@@ -98,14 +108,29 @@ def test_llm_judge_against_transformers_serve(served_smollm2, tmp_path, monkeypa
     monkeypatch.setenv(ENV, "sk-local-not-checked")
     for var in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
         monkeypatch.delenv(var, raising=False)
-    judge = LLMJudge(base_url, model, api_key_env=ENV, max_retries=1, timeout=180.0, backoff=0.5,
-                     cache_path=tmp_path / "cache.jsonl",
-                     request_kwargs={"temperature": 0, "max_tokens": 8})  # a letter is all we parse
+    judge = LLMJudge(
+        base_url,
+        model,
+        api_key_env=ENV,
+        max_retries=1,
+        timeout=180.0,
+        backoff=0.5,
+        cache_path=tmp_path / "cache.jsonl",
+        request_kwargs={"temperature": 0, "max_tokens": 8},
+    )  # a letter is all we parse
     items = [
-        {"prompt": "What is the capital of France?", "answer_a": "The capital of France is Paris.",
-         "answer_b": "Bananas are yellow.", "reference": None},
-        {"prompt": "Name a primary colour.", "answer_a": "Red is a primary colour.",
-         "answer_b": "I do not know.", "reference": None},
+        {
+            "prompt": "What is the capital of France?",
+            "answer_a": "The capital of France is Paris.",
+            "answer_b": "Bananas are yellow.",
+            "reference": None,
+        },
+        {
+            "prompt": "Name a primary colour.",
+            "answer_a": "Red is a primary colour.",
+            "answer_b": "I do not know.",
+            "reference": None,
+        },
     ]
     results = judge.judge_many(items, progress=False)
 

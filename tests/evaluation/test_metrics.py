@@ -1,4 +1,5 @@
 """Text metrics on fixed strings with hand-computed expected values."""
+
 from __future__ import annotations
 
 import math
@@ -77,8 +78,10 @@ def test_embedder_normalized_and_rowwise_similarity(embedder):
     e = embedder.encode(["The capital of France is Paris.", "I like turtles."])
     assert e.shape == (2, 384)
     assert np.linalg.norm(e, axis=1) == pytest.approx([1.0, 1.0], abs=1e-5)
-    sims = embedder.similarity(["Paris is the capital of France.", "Paris is the capital of France."],
-                               ["The capital of France is Paris.", "Bananas are yellow fruit."])
+    sims = embedder.similarity(
+        ["Paris is the capital of France.", "Paris is the capital of France."],
+        ["The capital of France is Paris.", "Bananas are yellow fruit."],
+    )
     assert sims.shape == (2,)
     assert sims[0] > 0.8 and sims[0] > sims[1] + 0.3
     assert embedder.encode([]).shape == (0, 384)

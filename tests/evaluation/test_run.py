@@ -1,5 +1,6 @@
 """`neftune eval RUN --against OTHER` end to end on tiny runs: results.json, summary.md, AlpacaEval files;
 judging reads OTHER's saved answers and never touches OTHER's directory."""
+
 import hashlib
 import json
 import shutil
@@ -13,18 +14,39 @@ from neftune.evaluation.generate import read_alpaca_eval
 from neftune.train import train
 
 DATA = str(Path(__file__).parents[1] / "assets" / "tiny_alpaca.jsonl")
-EVAL = ["eval.sets=[heldout]", "eval.num_samples=4", "eval.max_new_tokens=6", "eval.overfit_samples=3",
-        "eval.capability_samples=3", "eval.bootstrap=20", "eval.exact_samples=2", "eval.exact_code=false",
-        "eval.train_loss_samples=3"]
+EVAL = [
+    "eval.sets=[heldout]",
+    "eval.num_samples=4",
+    "eval.max_new_tokens=6",
+    "eval.overfit_samples=3",
+    "eval.capability_samples=3",
+    "eval.bootstrap=20",
+    "eval.exact_samples=2",
+    "eval.exact_code=false",
+    "eval.train_loss_samples=3",
+]
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, tiny_llama_dir):
     root = tmp_path_factory.mktemp("trained")
     for name, alpha in (("base", 0), ("neft", 5)):
-        train(load_config(None, [f"model={tiny_llama_dir}", f"output_dir={root / name}", f"data.path={DATA}",
-                                 "data.eval_size=4", "data.max_length=256", "max_steps=2", "report_to=[jsonl]",
-                                 f"neftune_noise_alpha={alpha}", "save_steps=0"]))
+        train(
+            load_config(
+                None,
+                [
+                    f"model={tiny_llama_dir}",
+                    f"output_dir={root / name}",
+                    f"data.path={DATA}",
+                    "data.eval_size=4",
+                    "data.max_length=256",
+                    "max_steps=2",
+                    "report_to=[jsonl]",
+                    f"neftune_noise_alpha={alpha}",
+                    "save_steps=0",
+                ],
+            )
+        )
     return root
 
 
@@ -41,8 +63,10 @@ def snapshot(root: Path) -> dict:
     snap = {}
     for p in sorted(root.rglob("*")):
         st = p.stat()
-        snap[str(p.relative_to(root))] = (hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir",
-                                          st.st_mtime_ns)
+        snap[str(p.relative_to(root))] = (
+            hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir",
+            st.st_mtime_ns,
+        )
     return snap
 
 
@@ -110,11 +134,15 @@ def test_results_carry_per_item_values_paired_by_id(runs):
     assert set(held["items"]) == {"id", "chars", "tokens", "capped", "diversity", "similarity"}
     _aligned(held["items"], 4)
     assert held["items"]["id"] == ref["sets"]["heldout"]["items"]["id"]  # stable across runs of a sweep
-    heldout_ids = [r["id"] or r["source"] for r in map(json.loads, (neft / "data" / "heldout.jsonl").read_text().splitlines())]
+    heldout_ids = [
+        r["id"] or r["source"] for r in map(json.loads, (neft / "data" / "heldout.jsonl").read_text().splitlines())
+    ]
     assert held["items"]["id"] == heldout_ids[:4]
     # a random tiny model never says EOS within 6 tokens: every answer hit the cap
     assert held["items"]["capped"] == [True] * 4 and held["capped_fraction"] == 1.0
-    assert held["items"]["chars"] == [len(r["output"]) for r in read_alpaca_eval(neft / "eval" / "generations" / "heldout.json")]
+    assert held["items"]["chars"] == [
+        len(r["output"]) for r in read_alpaca_eval(neft / "eval" / "generations" / "heldout.json")
+    ]
     j = held["judge"]["items"]
     _aligned(j, 4)
     assert j["id"] == held["items"]["id"] and set(j["basis"]) <= {"reference", "prompt-proxy", None}

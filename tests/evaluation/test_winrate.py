@@ -1,4 +1,5 @@
 """Raw and length-controlled win rates."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -138,11 +139,20 @@ def test_lc_agrees_with_alpaca_eval_minimal_glm(length_bias, monkeypatch, tmp_pa
     v, la, lb = _synthetic(n, length_bias, np.random.default_rng(7))
     # alpaca_eval: output_1 / generator_1 is the baseline (our B); preference 2 = output_2 wins, 1.5 draw.
     pref = {1.0: 2.0, 0.0: 1.0, 0.5: 1.5}
-    df = pd.DataFrame({"index": range(n), "generator_1": "baseline", "generator_2": "model",
-                       "output_1": ["x" * int(k) for k in lb], "output_2": ["x" * int(k) for k in la],
-                       "preference": [pref[x] for x in v], "annotator": "test"})
-    ref = glm_winrate.get_length_controlled_winrate(df, glm_name="length_controlled_minimal", save_weights_dir=None,
-                                                    is_add_glm_preference_inplace=False)
+    df = pd.DataFrame(
+        {
+            "index": range(n),
+            "generator_1": "baseline",
+            "generator_2": "model",
+            "output_1": ["x" * int(k) for k in lb],
+            "output_2": ["x" * int(k) for k in la],
+            "preference": [pref[x] for x in v],
+            "annotator": "test",
+        }
+    )
+    ref = glm_winrate.get_length_controlled_winrate(
+        df, glm_name="length_controlled_minimal", save_weights_dir=None, is_add_glm_preference_inplace=False
+    )
     ours = win_rate_summary(v, la, lb, n_boot=20)
     assert ours["win_rate"] == pytest.approx(ref["win_rate"], abs=1e-6)
     assert ours["lc_win_rate"] == pytest.approx(ref["length_controlled_winrate"], abs=1.5)
