@@ -35,7 +35,7 @@ lint: install
 	$(VENV)/bin/ruff format --check $(LINTED)
 
 test: lint chromium
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -n 2 tests
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -n 2 --durations=15 tests
 
 bench: install
 	$(PY) bench/bench_train.py && $(PY) bench/bench_generate.py
