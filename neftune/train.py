@@ -25,7 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import rundir
-from .checkpoint import (  # noqa: F401  (the old names stay importable from neftune.train)
+from .checkpoint import (  # noqa: F401  (old names importable from here)
     _failpoint,
     _rng_state,
     _set_rng_state,
@@ -76,26 +76,16 @@ class _Run:
     last_loss: float = float("nan")
     t_window: float = 0.0
     tok_window: int = 0
+    bs: int = field(init=False)  # per-device batch size; ga, world, rank, pad_id: set from cfg/acc/tokenizer
+    ga: int = field(init=False)
+    world: int = field(init=False)
+    rank: int = field(init=False)
+    pad_id: Any = field(init=False)
 
-    @property
-    def bs(self) -> int:
-        return self.cfg.per_device_train_batch_size
-
-    @property
-    def ga(self) -> int:
-        return self.cfg.gradient_accumulation_steps
-
-    @property
-    def world(self) -> int:
-        return self.acc.num_processes
-
-    @property
-    def rank(self) -> int:
-        return self.acc.process_index
-
-    @property
-    def pad_id(self):
-        return self.tokenizer.pad_token_id
+    def __post_init__(self):
+        cfg, acc = self.cfg, self.acc
+        self.bs, self.ga = cfg.per_device_train_batch_size, cfg.gradient_accumulation_steps
+        self.world, self.rank, self.pad_id = acc.num_processes, acc.process_index, self.tokenizer.pad_token_id
 
     def epoch_batches(self, epoch: int) -> list:
         """Data order is a pure function of (seed, epoch): resume needs no sampler state."""
