@@ -24,7 +24,6 @@ from .config_typing import (  # noqa: F401  (importable from here)
     _one_of,
     choices,
     field_docs,
-    parse_override,
     type_name,
 )
 from .errors import ConfigError
@@ -261,6 +260,19 @@ def help_text(cls=Config, prefix: str = "", only: Optional[set] = None) -> str:
         tname = type_name(tp)
         lines.append(f"  {prefix}{f.name} ({tname}, default {default!r})\n      {docs.get(f.name, '')}")
     return "\n".join(lines)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise ConfigError(f"override '{text}': expected key=value")
+    key, raw = text.split("=", 1)
+    if not key.strip():
+        raise ConfigError(f"override '{text}': empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
 
 
 def load_config(path: Optional[str] = None, overrides: list[str] = (), base: Optional[Config] = None) -> Config:

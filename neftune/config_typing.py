@@ -1,7 +1,7 @@
 """The typed-dataclass machinery under neftune/config.py (generic: it knows no config class):
 attribute docstrings (field_docs), how a type reads in `--help` (type_name), closed choices from
 Literal types (choices), value coercion with one-line ConfigErrors (_coerce, _one_of), applying a
-nested mapping to a dataclass (_apply) and parsing one `key=value` override (parse_override).
+nested mapping to a dataclass (_apply). Parsing `key=value` overrides (YAML) stays in config.py.
 """
 
 from __future__ import annotations
@@ -13,8 +13,6 @@ import inspect
 import textwrap
 import typing
 from typing import Any, Literal, Union
-
-import yaml
 
 from .errors import ConfigError
 
@@ -137,16 +135,3 @@ def _apply(obj, mapping: dict, where: str, prefix: str = ""):
             _apply(getattr(obj, key), value if value is not None else {}, where, prefix=f"{full}.")
         else:
             setattr(obj, key, _coerce(value, tp, f"{where}: {full}"))
-
-
-def parse_override(text: str) -> tuple[list[str], Any]:
-    if "=" not in text:
-        raise ConfigError(f"override '{text}': expected key=value")
-    key, raw = text.split("=", 1)
-    if not key.strip():
-        raise ConfigError(f"override '{text}': empty key")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        value = raw
-    return key.strip().split("."), value
