@@ -8,12 +8,8 @@ every output.
 
 from __future__ import annotations
 
-import ast
 import copy
 import dataclasses
-import difflib
-import inspect
-import textwrap
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +17,15 @@ from typing import Any, Literal, Optional, Union
 
 import yaml
 
+from .config_typing import (  # noqa: F401  (importable from here)
+    _apply,
+    _coerce,
+    _is_dc,
+    _one_of,
+    choices,
+    field_docs,
+    type_name,
+)
 from .errors import ConfigError
 
 # Closed choices: one Literal each drives coercion, validation, `--help` and `choices()`. To add a
@@ -237,22 +242,7 @@ class Config:
     """Sweep options (`neftune compare`)."""
 
 
-# --------------------------------------------------------------------------- docstrings -> help
-def field_docs(cls) -> dict[str, str]:
-    """Attribute docstrings of a dataclass: the string literal right after each field."""
-    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
-    body = tree.body[0].body
-    docs = {}
-    for node, nxt in zip(body, body[1:]):
-        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
-            docs[node.target.id] = " ".join(str(nxt.value.value).split())
-    return docs
-
-
-def _is_dc(tp) -> bool:
-    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
-
-
+# --------------------------------------------------------------------------- help / load (typing: config_typing.py)
 def help_text(cls=Config, prefix: str = "", only: Optional[set] = None) -> str:
     """Every field as `key (type, default): doc`, nested fields with dotted keys."""
     lines = []
@@ -270,112 +260,6 @@ def help_text(cls=Config, prefix: str = "", only: Optional[set] = None) -> str:
         tname = type_name(tp)
         lines.append(f"  {prefix}{f.name} ({tname}, default {default!r})\n      {docs.get(f.name, '')}")
     return "\n".join(lines)
-
-
-def type_name(tp) -> str:
-    """How `--help` shows a type: choices spelled out (`uniform|gaussian`, `list of jsonl|tensorboard|none`)."""
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin is Literal:
-        return "|".join(map(str, args))
-    if origin is list and args:
-        return f"list of {type_name(args[0])}"
-    if origin is Union:
-        return " or ".join(type_name(a) for a in args)
-    return "None" if tp is type(None) else getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-
-
-def choices(cls, key: str) -> tuple:
-    """The allowed values of a closed-choice key, e.g. `choices(Config, "eval.judge")`, read from its Literal."""
-    tp: Any = cls if isinstance(cls, type) else type(cls)
-    for part in key.split("."):
-        tp = typing.get_type_hints(tp)[part]
-    while typing.get_origin(tp) in (list, Union):
-        tp = next(a for a in typing.get_args(tp) if a is not type(None))
-    if typing.get_origin(tp) is not Literal:
-        raise KeyError(f"{key} is not a closed choice")
-    return typing.get_args(tp)
-
-
-def _one_of(value: Any, allowed: tuple, key: str):
-    if isinstance(value, str) and value in allowed:
-        return value
-    close = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
-    hint = f"; did you mean '{close[0]}'?" if close else ""
-    raise ConfigError(f"{key}: {value!r} is not one of {'|'.join(map(str, allowed))}{hint}")
-
-
-# --------------------------------------------------------------------------- load / override
-def _coerce(value: Any, tp, key: str):
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin is Literal:
-        return _one_of(value, args, key)
-    if origin is Union:
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for a in args:
-            if a is type(None):
-                continue
-            try:
-                return _coerce(value, a, key)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(errors[0] if errors else f"{key}: bad value {value!r}")
-    if tp is Any:
-        return value
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{key}: expected true/false, got {value!r}")
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, float) and value.is_integer():
-                return int(value)
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-            raise ConfigError(f"{key}: expected a string, got {value!r}")
-        return str(value)
-    if tp is list or origin is list:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return [_coerce(value, args[0], key)] if args else [value]
-        if not isinstance(value, list):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
-        return [_coerce(v, args[0], key) for v in value] if args else list(value)
-    if tp is dict or origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
-        return dict(value)
-    return value
-
-
-def _apply(obj, mapping: dict, where: str, prefix: str = ""):
-    if not isinstance(mapping, dict):
-        raise ConfigError(f"{where}: {prefix or 'config'} must be a mapping, got {type(mapping).__name__}")
-    hints = typing.get_type_hints(type(obj))
-    names = [f.name for f in dataclasses.fields(obj)]
-    for key, value in mapping.items():
-        full = f"{prefix}{key}"
-        if not isinstance(key, str) or key not in names:
-            close = difflib.get_close_matches(str(key), names, n=1)
-            hint = f"; did you mean '{prefix}{close[0]}'?" if close else ""
-            raise ConfigError(f"{where}: unknown config key '{full}'{hint}")
-        tp = hints[key]
-        if _is_dc(tp):
-            _apply(getattr(obj, key), value if value is not None else {}, where, prefix=f"{full}.")
-        else:
-            setattr(obj, key, _coerce(value, tp, f"{where}: {full}"))
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -1,244 +1,141 @@
 """`neftune train`: one supervised finetuning run, top to bottom.
 
-config -> seed -> tokenizer/model (+LoRA) -> data -> optimizer/schedule -> [resume] ->
-loop(micro-batches -> noisy loss -> backward -> clip -> step -> log -> checkpoint) ->
-held-out loss -> final model/adapter + config.yaml + summary.json.
+train(cfg) = _setup (config -> seed -> tokenizer/model (+LoRA) -> data -> optimizer/schedule -> [resume])
+-> _fit (per step: micro-batches -> noisy loss -> backward -> clip -> step -> log -> checkpoint)
+-> _finish (held-out loss -> final model/adapter + config.yaml + summary.json).
 
 Built on accelerate (the same command runs under `accelerate launch` for DDP/FSDP/DeepSpeed).
 The loss computes logits only at supervised positions (neftune.modeling.supervised_loss).
 Resume is bit-exact on CPU: data order is a pure function of (seed, epoch), and the python /
-numpy / torch / NEFTune-generator random states are part of every checkpoint.
+numpy / torch / NEFTune-generator random states are part of every checkpoint (neftune/checkpoint.py).
 """
 
 from __future__ import annotations
 
 import math
-import os
 import random
-import shutil
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from . import rundir
+from .checkpoint import (  # noqa: F401  (old names importable from here)
+    _failpoint,
+    _rng_state,
+    _set_rng_state,
+    _state_dict,
+    load_checkpoint,
+    resolve_resume,
+    save_checkpoint,
+    save_model,
+)
 from .config import Config
 from .data.coverage import covered_indices, trained_records
 from .errors import NeftuneError, TrainingDiverged
-from .modeling import check_loss_transform, heldout_loss, load_model, load_tokenizer, supervised_loss, unwrap
+from .modeling import check_loss_transform, heldout_loss, load_tokenizer
 from .noise import activate
-from .r3f import r3f_supervised_loss, set_noise_labels
-from .regularizers import model_dropout_overrides
 from .rundir import list_checkpoints
 from .tracking import MetricsLogger
+from .train_model import LossModule, build_model, check_master_weights, compute_dtype  # noqa: F401
 
 
-def _failpoint(name: str, step: int):
-    """Fault injection for the crash tests: NEFTUNE_FAILPOINT=after_step:5 or during_save:4 makes
-    this process SIGKILL itself there (a real kill -9, at a reproducible point)."""
-    spec = os.environ.get("NEFTUNE_FAILPOINT")
-    if spec and spec == f"{name}:{step}":
-        import signal
+@dataclass
+class _Run:
+    """Everything one training run holds between its steps (setup -> fit -> finish)."""
 
-        os.kill(os.getpid(), signal.SIGKILL)
+    cfg: Config
+    acc: Any
+    out: Path
+    t0: float
+    tokenizer: Any
+    data: Any
+    model: Any
+    epoch_cache: dict = field(default_factory=dict)
+    per_epoch: int = 0
+    total_steps: int = 0
+    params: list = field(default_factory=list)
+    loss_module: LossModule | None = None
+    wrapped: Any = None
+    optimizer: Any = None
+    scheduler: Any = None
+    noise_gen: torch.Generator | None = None
+    noise: Any = None
+    logger: Any = None
+    pbar: Any = None
+    ckpt: Path | None = None
+    start: int = 0
+    done: dict = field(default_factory=dict)  # counters of the segments before a resume (trainer_state)
+    sup_tokens: int = 0
+    tok_total: int = 0
+    last_loss: float = float("nan")
+    t_window: float = 0.0
+    tok_window: int = 0
+    bs: int = field(init=False)  # per-device batch size; ga, world, rank, pad_id: set from cfg/acc/tokenizer
+    ga: int = field(init=False)
+    world: int = field(init=False)
+    rank: int = field(init=False)
+    pad_id: Any = field(init=False)
 
+    def __post_init__(self):
+        cfg, acc = self.cfg, self.acc
+        self.bs, self.ga = cfg.per_device_train_batch_size, cfg.gradient_accumulation_steps
+        self.world, self.rank, self.pad_id = acc.num_processes, acc.process_index, self.tokenizer.pad_token_id
 
-class LossModule(torch.nn.Module):
-    """Wraps the model so DDP/FSDP see one forward that returns (loss_sum, n_tokens).
+    def epoch_batches(self, epoch: int) -> list:
+        """Data order is a pure function of (seed, epoch): resume needs no sampler state."""
+        from .data import make_batches
 
-    Every forward of the run (training, clean_loss, held-out loss) goes through the prepared
-    wrapper of this module: under FSDP only the root's forward gathers the embedding, final norm
-    and head, and under mixed precision only it runs in autocast."""
-
-    def __init__(self, model, r3f_lambda: float = 0.0):
-        super().__init__()
-        self.model = model
-        self.r3f_lambda = r3f_lambda
-        self.r3f_kl_sum = 0.0  # the R3F term's KL sum over the step's micro-batches (logged as r3f_kl)
-
-    def forward(self, batch):
-        # --- rivals (issue 13): R3F consistency term (neftune/r3f.py); labels to the noise hook for placement
-        if self.r3f_lambda > 0 and torch.is_grad_enabled():  # the training step only (not clean/held-out loss)
-            stats: dict = {}
-            loss, n = r3f_supervised_loss(self.model, batch, self.r3f_lambda, stats)
-            self.r3f_kl_sum += stats["r3f_kl"]
-            return loss, torch.tensor(n, device=loss.device)
-        set_noise_labels(self.model, batch["labels"])
-        # --- end rivals
-        loss, n = supervised_loss(self.model, batch, reduction="sum")
-        return loss, torch.tensor(n, device=loss.device)
-
-
-def _state_dict(accelerator, wrapped) -> dict:
-    """The full model's state dict, gathered through the prepared wrapper (FSDP shards), keyed as
-    the inner model's own state dict (LossModule's `model.` prefix removed)."""
-    state = accelerator.get_state_dict(wrapped)
-    return {k.removeprefix("model."): v for k, v in state.items()}
-
-
-def check_master_weights(params):
-    """Refuse half-precision trainable parameters: AdamW's update lr*m/sqrt(v) ~ lr is rounded
-    away when it is below half a bf16 ulp (|w| >= ~0.016 at lr 5e-5), so the model silently
-    under-trains. Trainable weights stay float32; `dtype` is the compute dtype (autocast)."""
-    half = [p.dtype for p in params if p.dtype in (torch.bfloat16, torch.float16)]
-    if half:
-        raise NeftuneError(
-            f"{len(half)} trainable parameters are {half[0]}: AdamW updates below half a "
-            f"{half[0]} ulp round to zero (at lr 5e-5, most weights with |w| >= 0.016 never "
-            "move). Train float32 master weights with dtype as the autocast compute dtype."
-        )
-
-
-# ----------------------------------------------------------------------------- checkpoints
-def _rng_state(noise_gen) -> dict:
-    state = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
-        "torch": torch.get_rng_state(),
-        "noise": noise_gen.get_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict, noise_gen):
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    noise_gen.set_state(state["noise"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def save_model(model, tokenizer, path, accelerator, wrapped=None):
-    """Hugging Face format: adapter (adapter_model.safetensors + adapter_config.json) for LoRA,
-    model.safetensors + config.json for full finetuning. `wrapped`: the prepared LossModule, whose
-    state dict is gathered (FSDP) rather than the inner model's shards."""
-    state = _state_dict(accelerator, wrapped) if wrapped is not None else accelerator.get_state_dict(model)
-    unwrapped = accelerator.unwrap_model(model)
-    if accelerator.is_main_process:
-        unwrapped.save_pretrained(path, state_dict=state, safe_serialization=True)
-        tokenizer.save_pretrained(path)
-
-
-def save_checkpoint(
-    accelerator, model, tokenizer, optimizer, scheduler, noise_gen, step, output_dir, limit, wrapped=None, counters=None
-):
-    tmp = rundir.checkpoint_tmp_path(output_dir, step)
-    if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    accelerator.wait_for_everyone()
-    save_model(model, tokenizer, tmp, accelerator, wrapped)
-    if accelerator.is_main_process:
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-    rank = accelerator.process_index
-    torch.save(_rng_state(noise_gen), tmp / f"rng_state_{rank}.pth")
-    _failpoint("during_save", step)
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        rundir.commit_checkpoint(tmp, output_dir, step, keep=limit, counters=counters)
-    accelerator.wait_for_everyone()
-
-
-def load_checkpoint(ckpt: Path, model, optimizer, scheduler, noise_gen, rank: int) -> int:
-    from safetensors.torch import load_file
-
-    base = unwrap(model)
-    if (ckpt / "adapter_model.safetensors").exists():
-        from peft import set_peft_model_state_dict
-
-        peft_model = model.module if hasattr(model, "module") else model
-        set_peft_model_state_dict(peft_model, load_file(ckpt / "adapter_model.safetensors"))
-    else:
-        files = sorted(ckpt.glob("model*.safetensors"))
-        if not files:
-            raise NeftuneError(f"{ckpt}: checkpoint has no weights")
-        state = {}
-        for f in files:
-            state.update(load_file(f))
-        missing, unexpected = base.load_state_dict(state, strict=False)
-        if unexpected or [k for k in missing if "lm_head" not in k]:
-            raise NeftuneError(
-                f"{ckpt}: weights do not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        if epoch not in self.epoch_cache:
+            self.epoch_cache.clear()
+            cfg, world = self.cfg, self.world
+            b = make_batches(
+                self.data.train_examples,
+                self.bs,
+                packing=cfg.data.packing,
+                max_length=cfg.data.max_length,
+                pad_token_id=self.pad_id,
+                seed=cfg.seed,
+                epoch=epoch,
             )
-    optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=False))
-    scheduler.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=False))
-    rng = ckpt / f"rng_state_{rank}.pth"
-    if rng.exists():
-        _set_rng_state(torch.load(rng, weights_only=False), noise_gen)
-    return rundir.checkpoint_step(ckpt)
+            self.epoch_cache[epoch] = b[: len(b) // world * world][self.rank :: world] if world > 1 else b
+        return self.epoch_cache[epoch]
+
+    def counters(self) -> dict:
+        return {
+            "train_tokens": self.tok_total,
+            "supervised_tokens": self.sup_tokens,
+            "world_size": self.world,
+            "wall_time_s": self.done["wall_time_s"] + time.time() - self.t0,
+        }
 
 
-def resolve_resume(cfg: Config):
-    r = cfg.resume_from_checkpoint
-    if not r:
-        return None
-    if str(r).lower() in ("latest", "true"):
-        return rundir.latest_checkpoint(cfg.output_dir)
-    p = Path(r)
-    if not rundir.is_complete_checkpoint(p):
-        raise NeftuneError(f"resume_from_checkpoint: {r} is not a complete checkpoint (no {rundir.TRAINER_STATE})")
-    return p
-
-
-# ----------------------------------------------------------------------------- model
-def build_model(cfg: Config, device):
-    # `dtype` is the compute dtype (autocast, see compute_dtype). Trainable weights are float32
-    # masters (check_master_weights); only a LoRA run's frozen base is loaded in `dtype`.
-    model = load_model(
-        cfg.model, cfg.dtype if cfg.lora.r > 0 else "float32", **model_dropout_overrides(cfg.model, cfg.model_dropout)
-    )
-    if cfg.gradient_checkpointing:
-        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
-        enable()
-        model.config.use_cache = False
-    if cfg.lora.r > 0:
-        from peft import LoraConfig, get_peft_model
-
-        if cfg.gradient_checkpointing:
-            model.enable_input_require_grads()
-        lcfg = LoraConfig(
-            r=cfg.lora.r,
-            lora_alpha=cfg.lora.alpha,
-            lora_dropout=cfg.lora.dropout,
-            target_modules=cfg.lora.target_modules,
-            task_type="CAUSAL_LM",
-        )
-        model = get_peft_model(model, lcfg)
-    for p in model.parameters():
-        if p.requires_grad and p.dtype in (torch.bfloat16, torch.float16):
-            p.data = p.data.float()
-    return model.to(device)
-
-
-def compute_dtype(cfg: Config) -> str:
-    """accelerate's mixed_precision for `cfg.dtype` ("auto": the checkpoint's own dtype)."""
-    name = cfg.dtype
-    if name == "auto":
-        from transformers import AutoConfig
-
-        from .assets import resolve_model
-
-        c = AutoConfig.from_pretrained(resolve_model(cfg.model))
-        name = str(getattr(c, "dtype", None) or getattr(c, "torch_dtype", None) or "float32").replace("torch.", "")
-    return {"bfloat16": "bf16", "float16": "fp16"}.get(name, "no")
-
-
-# ----------------------------------------------------------------------------- the run
 def train(cfg: Config) -> dict:
+    t0 = time.time()
+    run = _setup(cfg, t0)
+    run.pbar = tqdm(
+        total=run.total_steps, initial=run.start, desc="train", disable=not run.acc.is_main_process, dynamic_ncols=True
+    )
+    try:
+        _fit(run)
+    finally:
+        run.pbar.close()
+        run.noise.remove()
+    return _finish(run)
+
+
+def _setup(cfg: Config, t0: float) -> _Run:
+    """Accelerator, run directory, seed, tokenizer, data, model, optimizer/schedule, [resume], noise hook."""
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
     from transformers import get_scheduler
 
-    from .data import build_datasets, make_batches
-
-    t0 = time.time()
-    from accelerate.state import AcceleratorState
+    from .data import build_datasets
 
     # cpu=True: gloo multi-process on CPU boxes; mixed_precision: autocast over float32 weights.
     # AcceleratorState is a process singleton: forget a previous run's precision (`neftune compare`
@@ -264,237 +161,245 @@ def train(cfg: Config) -> dict:
     check_loss_transform(model)  # refuses a model family whose logit transform the loss does not know
     model.train()
 
-    # Data order is a pure function of (seed, epoch): resume needs no sampler state.
-    bs, ga, world, rank = (
-        cfg.per_device_train_batch_size,
-        cfg.gradient_accumulation_steps,
-        acc.num_processes,
-        acc.process_index,
-    )
-    pad_id = tokenizer.pad_token_id
-    epoch_cache: dict = {}
-
-    def epoch_batches(epoch):
-        if epoch not in epoch_cache:
-            epoch_cache.clear()
-            b = make_batches(
-                data.train_examples,
-                bs,
-                packing=cfg.data.packing,
-                max_length=cfg.data.max_length,
-                pad_token_id=pad_id,
-                seed=cfg.seed,
-                epoch=epoch,
-            )
-            epoch_cache[epoch] = b[: len(b) // world * world][rank::world] if world > 1 else b
-        return epoch_cache[epoch]
-
-    per_epoch = len(epoch_batches(0))
-    if per_epoch == 0:
+    run = _Run(cfg, acc, out, t0, tokenizer, data, model)
+    run.per_epoch = len(run.epoch_batches(0))
+    if run.per_epoch == 0:
         raise NeftuneError("fewer training batches than processes; lower per_device_train_batch_size")
-    steps_per_epoch = max(per_epoch // ga, 1)
-    total_steps = cfg.max_steps if cfg.max_steps > 0 else max(1, math.ceil(steps_per_epoch * cfg.num_train_epochs))
+    steps_per_epoch = max(run.per_epoch // run.ga, 1)
+    run.total_steps = cfg.max_steps if cfg.max_steps > 0 else max(1, math.ceil(steps_per_epoch * cfg.num_train_epochs))
 
-    params = [p for p in model.parameters() if p.requires_grad]
-    check_master_weights(params)
-    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    loss_module = LossModule(model, cfg.r3f_lambda)
-    wrapped, optimizer = acc.prepare(loss_module, optimizer)
+    run.params = [p for p in model.parameters() if p.requires_grad]
+    check_master_weights(run.params)
+    optimizer = torch.optim.AdamW(run.params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    run.loss_module = LossModule(model, cfg.r3f_lambda)
+    run.wrapped, run.optimizer = acc.prepare(run.loss_module, optimizer)
     if acc.distributed_type.name.startswith("FSDP"):  # prepare replaced the parameters by sharded ones
-        params = [p for p in wrapped.parameters() if p.requires_grad]
+        run.params = [p for p in run.wrapped.parameters() if p.requires_grad]
     # Not passed through prepare: accelerate's AcceleratedScheduler steps it num_processes times per
     # optimizer step (split_batches=False). total_steps counts optimizer steps; we step it once each.
-    scheduler = get_scheduler(
+    run.scheduler = get_scheduler(
         cfg.lr_scheduler_type,
-        optimizer,
-        num_warmup_steps=math.ceil(cfg.warmup_ratio * total_steps),
-        num_training_steps=total_steps,
+        run.optimizer,
+        num_warmup_steps=math.ceil(cfg.warmup_ratio * run.total_steps),
+        num_training_steps=run.total_steps,
     )
-    noise_gen = torch.Generator(device=acc.device).manual_seed(cfg.seed * 100003 + rank + 1)  # independent per rank
-
-    start = 0
-    ckpt = resolve_resume(cfg)
-    done = {"train_tokens": 0, "supervised_tokens": 0, "wall_time_s": 0.0, "world_size": world}
-    if ckpt is not None and acc.distributed_type.name.startswith("FSDP"):
-        raise NeftuneError(f"{ckpt}: resuming an FSDP run is not supported (checkpoints hold rank 0's optimizer shard)")
-    if ckpt is not None:
-        start = load_checkpoint(ckpt, model, optimizer, scheduler, noise_gen, rank)
-        print(f"[neftune] resumed from {ckpt} at step {start}")
-        done.update(rundir.read_trainer_state(ckpt))
-        if done["world_size"] != world:
-            print(
-                f"[neftune] warning: world size changed on resume: checkpoint trained with {done['world_size']} "
-                f"processes, now {world}; data order per step and noise streams differ from an uninterrupted run"
-            )
-    logger = MetricsLogger(out, cfg.report_to, resume_step=start, enabled=acc.is_main_process)
-    noise = activate(
+    # independent per rank
+    run.noise_gen = torch.Generator(device=acc.device).manual_seed(cfg.seed * 100003 + run.rank + 1)
+    _resume(run)
+    run.logger = MetricsLogger(out, cfg.report_to, resume_step=run.start, enabled=acc.is_main_process)
+    run.noise = activate(
         model,
         cfg.neftune_noise_alpha,
         distribution=cfg.neftune_distribution,
-        generator=noise_gen,
+        generator=run.noise_gen,
         placement=cfg.neftune_placement,
     )
     if acc.is_main_process:
         print(
-            f"[neftune] {cfg.model}: {sum(p.numel() for p in params):,} trainable params, {len(data.train_examples)} train / "
-            f"{len(data.heldout_examples)} held-out examples, {total_steps} steps x {bs * ga * world} examples, "
-            f"alpha={cfg.neftune_noise_alpha} ({cfg.neftune_distribution})"
+            f"[neftune] {cfg.model}: {sum(p.numel() for p in run.params):,} trainable params, "
+            f"{len(data.train_examples)} train / {len(data.heldout_examples)} held-out examples, {run.total_steps} "
+            f"steps x {run.bs * run.ga * run.world} examples, alpha={cfg.neftune_noise_alpha} ({cfg.neftune_distribution})"
+        )
+    return run
+
+
+def _resume(run: _Run):
+    """Load `resume_from_checkpoint` (if any) into the run: weights, optimizer, schedule, random states, counters."""
+    world = run.world
+    run.ckpt = ckpt = resolve_resume(run.cfg)
+    run.done = {"train_tokens": 0, "supervised_tokens": 0, "wall_time_s": 0.0, "world_size": world}
+    if ckpt is not None and run.acc.distributed_type.name.startswith("FSDP"):
+        raise NeftuneError(f"{ckpt}: resuming an FSDP run is not supported (checkpoints hold rank 0's optimizer shard)")
+    if ckpt is not None:
+        run.start = load_checkpoint(ckpt, run.model, run.optimizer, run.scheduler, run.noise_gen, run.rank)
+        print(f"[neftune] resumed from {ckpt} at step {run.start}")
+        run.done.update(rundir.read_trainer_state(ckpt))
+        if run.done["world_size"] != world:
+            print(
+                f"[neftune] warning: world size changed on resume: checkpoint trained with {run.done['world_size']} "
+                f"processes, now {world}; data order per step and noise streams differ from an uninterrupted run"
+            )
+    run.sup_tokens, run.tok_total = run.done["supervised_tokens"], run.done["train_tokens"]
+
+
+def _fit(run: _Run):
+    """The optimizer steps: micro-batches -> noisy loss -> backward -> clip -> [clean loss] -> step -> log -> checkpoint."""
+    cfg = run.cfg
+    run.t_window, run.tok_window = time.time(), 0
+    for step in range(run.start + 1, run.total_steps + 1):
+        micro = _micro_batches(run, step)
+        n_step, toks = _token_counts(run, micro)
+        step_loss = _forward_backward(run, micro, n_step)
+        grad_norm = _grad_norm(run)
+        _check_finite(run, step, step_loss, grad_norm)
+        rec = {
+            "step": step,
+            "epoch": round((step * run.ga) / run.per_epoch, 4),
+            "loss": step_loss,
+            "grad_norm": grad_norm,
+            "learning_rate": run.optimizer.param_groups[0]["lr"],
+        }
+        if cfg.r3f_lambda > 0:  # per supervised token, like loss (which includes lambda * this)
+            kl = torch.tensor(run.loss_module.r3f_kl_sum, device=run.acc.device)
+            rec["r3f_kl"] = _global_sum(run.acc, kl) / max(n_step, 1)
+        if cfg.clean_loss_steps and step % cfg.clean_loss_steps == 0:
+            rec["clean_loss"] = _clean_loss(run, micro, n_step, step)
+        run.optimizer.step()
+        run.scheduler.step()
+        run.optimizer.zero_grad(set_to_none=True)
+        run.sup_tokens += n_step
+        run.tok_total += toks
+        run.tok_window += n_step
+        run.last_loss = step_loss
+        if step % cfg.logging_steps == 0 or step == run.total_steps or "clean_loss" in rec:
+            _log(run, step, rec)
+        run.pbar.update(1)
+        _failpoint("after_step", step)
+        if cfg.save_steps and step % cfg.save_steps == 0 and step < run.total_steps:
+            _checkpoint(run, step)
+
+
+def _micro_batches(run: _Run, step: int) -> list[dict]:
+    """The step's gradient_accumulation_steps micro-batches, on the device."""
+    micro = []
+    for m in range(run.ga):
+        epoch, i = divmod((step - 1) * run.ga + m, run.per_epoch)
+        micro.append({k: v.to(run.acc.device) for k, v in run.epoch_batches(epoch)[i].items()})
+    return micro
+
+
+def _token_counts(run: _Run, micro: list[dict]) -> tuple[int, int]:
+    """(supervised tokens, real tokens) of all ranks' micro-batches of the step."""
+    sup = sum(int((b["labels"][:, 1:] != -100).sum()) for b in micro)
+    real = sum(int(b["input_ids"].numel() if "attention_mask" not in b else b["attention_mask"].sum()) for b in micro)
+    counts = torch.tensor([sup, real], device=run.acc.device)
+    n_step, toks = (int(x) for x in (run.acc.reduce(counts, "sum") if run.world > 1 else counts))
+    return n_step, toks
+
+
+def _forward_backward(run: _Run, micro: list[dict], n_step: int) -> float:
+    """Noisy loss + backward over the micro-batches; returns the step's mean loss per supervised token.
+
+    Global token mean (like transformers' num_items_in_batch): divide by the supervised-token count
+    of all ranks' micro-batches; times world, because DDP/FSDP average the ranks' gradients."""
+    acc, world = run.acc, run.world
+    loss_sum = torch.zeros((), device=acc.device)
+    run.loss_module.r3f_kl_sum = 0.0
+    for m, batch in enumerate(micro):
+        ctx = acc.no_sync(run.wrapped) if m < run.ga - 1 else nullcontext()
+        with ctx:
+            loss, _ = run.wrapped(batch)
+            acc.backward(loss * world / max(n_step, 1))
+        loss_sum += loss.detach().float()
+    return _global_sum(acc, loss_sum) / max(n_step, 1)
+
+
+def _grad_norm(run: _Run) -> float:
+    params, max_norm = run.params, run.cfg.max_grad_norm
+    if max_norm > 0:
+        return float(run.acc.clip_grad_norm_(params, max_norm))
+    return float(torch.norm(torch.stack([p.grad.norm() for p in params if p.grad is not None])))
+
+
+def _check_finite(run: _Run, step: int, step_loss: float, grad_norm: float):
+    if not (math.isfinite(step_loss) and math.isfinite(grad_norm)):
+        last = list_checkpoints(run.out)
+        raise TrainingDiverged(
+            f"step {step}: non-finite {'loss' if not math.isfinite(step_loss) else 'gradient norm'} "
+            f"(loss={step_loss}, grad_norm={grad_norm}); stopped before the update. Last good "
+            f"checkpoint: {last[-1] if last else 'none'} (resume_from_checkpoint=latest)"
         )
 
-    pbar = tqdm(total=total_steps, initial=start, desc="train", disable=not acc.is_main_process, dynamic_ncols=True)
-    sup_tokens, tok_total = done["supervised_tokens"], done["train_tokens"]
-    last_loss = float("nan")
-    t_window, tok_window = time.time(), 0
-    try:
-        for step in range(start + 1, total_steps + 1):
-            micro = []
-            for m in range(ga):
-                idx = (step - 1) * ga + m
-                epoch, i = divmod(idx, per_epoch)
-                micro.append({k: v.to(acc.device) for k, v in epoch_batches(epoch)[i].items()})
-            # Global token mean (like transformers' num_items_in_batch): divide by the supervised-token
-            # count of all ranks' micro-batches; times world, because DDP/FSDP average the ranks' gradients.
-            counts = torch.tensor(
-                [
-                    sum(int((b["labels"][:, 1:] != -100).sum()) for b in micro),
-                    sum(
-                        int(b["input_ids"].numel() if "attention_mask" not in b else b["attention_mask"].sum())
-                        for b in micro
-                    ),
-                ],
-                device=acc.device,
-            )
-            n_step, toks = (int(x) for x in (acc.reduce(counts, "sum") if world > 1 else counts))
-            loss_sum = torch.zeros((), device=acc.device)
-            loss_module.r3f_kl_sum = 0.0
-            for m, batch in enumerate(micro):
-                ctx = acc.no_sync(wrapped) if m < ga - 1 else nullcontext()
-                with ctx:
-                    loss, _ = wrapped(batch)
-                    acc.backward(loss * world / max(n_step, 1))
-                loss_sum += loss.detach().float()
-            step_loss = _global_sum(acc, loss_sum) / max(n_step, 1)
-            grad_norm = (
-                acc.clip_grad_norm_(params, cfg.max_grad_norm)
-                if cfg.max_grad_norm > 0
-                else torch.norm(torch.stack([p.grad.norm() for p in params if p.grad is not None]))
-            )
-            grad_norm = float(grad_norm)
-            if not (math.isfinite(step_loss) and math.isfinite(grad_norm)):
-                last = list_checkpoints(out)
-                raise TrainingDiverged(
-                    f"step {step}: non-finite {'loss' if not math.isfinite(step_loss) else 'gradient norm'} "
-                    f"(loss={step_loss}, grad_norm={grad_norm}); stopped before the update. Last good "
-                    f"checkpoint: {last[-1] if last else 'none'} (resume_from_checkpoint=latest)"
-                )
-            rec = {
-                "step": step,
-                "epoch": round((step * ga) / per_epoch, 4),
-                "loss": step_loss,
-                "grad_norm": grad_norm,
-                "learning_rate": optimizer.param_groups[0]["lr"],
-            }
-            if cfg.r3f_lambda > 0:  # per supervised token, like loss (which includes lambda * this)
-                rec["r3f_kl"] = _global_sum(acc, torch.tensor(loss_module.r3f_kl_sum, device=acc.device)) / max(
-                    n_step, 1
-                )
-            if cfg.clean_loss_steps and step % cfg.clean_loss_steps == 0:
-                # The same micro-batches, same weights (before the update), no noise, no dropout (eval
-                # mode), no grad; for every run, α=0 too: it is the paired comparison's baseline.
-                wrapped.eval()
-                try:
-                    with torch.no_grad(), noise.paused():
-                        cl = _global_sum(acc, sum(wrapped(b)[0].detach().float() for b in micro)) / max(n_step, 1)
-                finally:
-                    wrapped.train()
-                rec["clean_loss"] = cl
-                if not math.isfinite(cl):
-                    print(f"[neftune] warning: clean_loss is non-finite at step {step}")
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            sup_tokens, tok_total, tok_window, last_loss = (
-                sup_tokens + n_step,
-                tok_total + toks,
-                tok_window + n_step,
-                step_loss,
-            )
-            if step % cfg.logging_steps == 0 or step == total_steps or "clean_loss" in rec:
-                now = time.time()
-                rec["supervised_tokens_per_s"] = tok_window / max(now - t_window, 1e-9)
-                t_window, tok_window = now, 0
-                stats = noise.pop_stats()
-                if stats and not all(math.isfinite(v) for v in stats.values()):
-                    print(f"[neftune] warning: non-finite NEFTune energy statistics at step {step}: {stats}")
-                rec.update(stats)
-                logger.log(rec)
-                pbar.set_postfix(
-                    loss=f"{step_loss:.3f}", **({"clean": f"{rec['clean_loss']:.3f}"} if "clean_loss" in rec else {})
-                )
-            pbar.update(1)
-            _failpoint("after_step", step)
-            if cfg.save_steps and step % cfg.save_steps == 0 and step < total_steps:
-                counters = {
-                    "train_tokens": tok_total,
-                    "supervised_tokens": sup_tokens,
-                    "world_size": world,
-                    "wall_time_s": done["wall_time_s"] + time.time() - t0,
-                }
-                save_checkpoint(
-                    acc,
-                    model,
-                    tokenizer,
-                    optimizer,
-                    scheduler,
-                    noise_gen,
-                    step,
-                    out,
-                    cfg.save_total_limit,
-                    wrapped=wrapped,
-                    counters=counters,
-                )
-    finally:
-        pbar.close()
-        noise.remove()
 
+def _clean_loss(run: _Run, micro: list[dict], n_step: int, step: int) -> float:
+    """The same micro-batches, same weights (before the update), no noise, no dropout (eval mode),
+    no grad; for every run, α=0 too: it is the paired comparison's baseline."""
+    wrapped = run.wrapped
+    wrapped.eval()
+    try:
+        with torch.no_grad(), run.noise.paused():
+            cl = _global_sum(run.acc, sum(wrapped(b)[0].detach().float() for b in micro)) / max(n_step, 1)
+    finally:
+        wrapped.train()
+    if not math.isfinite(cl):
+        print(f"[neftune] warning: clean_loss is non-finite at step {step}")
+    return cl
+
+
+def _log(run: _Run, step: int, rec: dict):
+    now = time.time()
+    rec["supervised_tokens_per_s"] = run.tok_window / max(now - run.t_window, 1e-9)
+    run.t_window, run.tok_window = now, 0
+    stats = run.noise.pop_stats()
+    if stats and not all(math.isfinite(v) for v in stats.values()):
+        print(f"[neftune] warning: non-finite NEFTune energy statistics at step {step}: {stats}")
+    rec.update(stats)
+    run.logger.log(rec)
+    clean = {"clean": f"{rec['clean_loss']:.3f}"} if "clean_loss" in rec else {}
+    run.pbar.set_postfix(loss=f"{rec['loss']:.3f}", **clean)
+
+
+def _checkpoint(run: _Run, step: int):
+    save_checkpoint(
+        run.acc,
+        run.model,
+        run.tokenizer,
+        run.optimizer,
+        run.scheduler,
+        run.noise_gen,
+        step,
+        run.out,
+        run.cfg.save_total_limit,
+        wrapped=run.wrapped,
+        counters=run.counters(),
+    )
+
+
+def _finish(run: _Run) -> dict:
+    """trained.jsonl, held-out loss, the final model/adapter and summary.json."""
+    cfg, acc, out, data, world = run.cfg, run.acc, run.out, run.data, run.world
     if acc.is_main_process:
         rundir.write_records(
             out,
             "trained",
             trained_records(
                 data.train_records,
-                total_steps * ga * world,
-                per_epoch * world,
-                lambda: covered_indices(data.train_examples, bs, cfg, pad_id, world),
+                run.total_steps * run.ga * world,
+                run.per_epoch * world,
+                lambda: covered_indices(data.train_examples, run.bs, cfg, run.pad_id, world),
             ),
         )
-    hl = heldout_loss(model, data.heldout_examples, max(bs, 8), pad_id, cfg.data.max_length, loss_fn=wrapped)
-    logger.log({"step": total_steps, "heldout_loss": hl})
-    logger.close()
-    save_model(model, tokenizer, out, acc, wrapped)
-    wall = done["wall_time_s"] + time.time() - t0  # the sum of all segments of a resumed run
+    hl = heldout_loss(
+        run.model, data.heldout_examples, max(run.bs, 8), run.pad_id, cfg.data.max_length, loss_fn=run.wrapped
+    )
+    run.logger.log({"step": run.total_steps, "heldout_loss": hl})
+    run.logger.close()
+    save_model(run.model, run.tokenizer, out, acc, run.wrapped)
+    wall = run.done["wall_time_s"] + time.time() - run.t0  # the sum of all segments of a resumed run
     summary = {
-        "steps": total_steps,
-        "train_loss": last_loss,
+        "steps": run.total_steps,
+        "train_loss": run.last_loss,
         "heldout_loss": hl,
         "wall_time_s": round(wall, 1),
-        "train_tokens": tok_total,
-        "supervised_tokens": sup_tokens,
+        "train_tokens": run.tok_total,
+        "supervised_tokens": run.sup_tokens,
         "n_train": len(data.train_examples),
         "n_heldout": len(data.heldout_examples),
         "skipped": dict(data.skipped),
-        "resumed_from": str(ckpt) if ckpt else None,
+        "resumed_from": str(run.ckpt) if run.ckpt else None,
         "world_size": world,
         "distributed_type": acc.distributed_type.name,
         "mixed_precision": acc.mixed_precision,
         "peak_memory_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else None,
         "versions": versions(),
     }
-    if ckpt is not None and done["world_size"] != world:
-        summary["resumed_world_size"] = done["world_size"]
+    if run.ckpt is not None and run.done["world_size"] != world:
+        summary["resumed_world_size"] = run.done["world_size"]
     if acc.is_main_process:
         rundir.write_summary(out, summary)
-        print(f"[neftune] done: {out} (train loss {last_loss:.4f}, held-out loss {hl:.4f}, {summary['wall_time_s']} s)")
+        print(
+            f"[neftune] done: {out} (train loss {run.last_loss:.4f}, held-out loss {hl:.4f}, {summary['wall_time_s']} s)"
+        )
     acc.wait_for_everyone()
     return summary
 
