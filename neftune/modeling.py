@@ -85,14 +85,11 @@ def load_trained(run_dir: str, device: Optional[str] = None):
     return model, tok, cfg
 
 
-def supervised_loss(model, batch: dict, reduction: str = "mean"):
-    """Next-token cross-entropy over supervised positions (labels != -100) only.
-
-    Returns (loss, n_supervised_tokens). reduction="sum" lets gradient accumulation divide by the
-    true token count of the whole optimizer step, like transformers' num_items_in_batch.
+def supervised_hidden(model, batch: dict):
+    """(hidden N×d, next-token targets N, output head) at the supervised positions (labels != -100):
+    the backbone runs once, the head is left to the caller (chunked loss, R3F logits).
     Padded batches pass attention_mask; packed/padding-free batches pass position_ids (and no
-    mask). use_cache=False always: a KV cache makes packed documents attend to each other.
-    """
+    mask). use_cache=False always: a KV cache makes packed documents attend to each other."""
     backbone, head = backbone_and_head(model)
     kwargs = {"input_ids": batch["input_ids"], "use_cache": False}
     for k in ("attention_mask", "position_ids"):
@@ -101,9 +98,18 @@ def supervised_loss(model, batch: dict, reduction: str = "mean"):
     hidden = backbone(**kwargs).last_hidden_state
     labels = batch["labels"][:, 1:]
     keep = labels != -100
-    h = hidden[:, :-1][keep]
+    return hidden[:, :-1][keep], labels[keep], head
+
+
+def supervised_loss(model, batch: dict, reduction: str = "mean"):
+    """Next-token cross-entropy over supervised positions (labels != -100) only.
+
+    Returns (loss, n_supervised_tokens). reduction="sum" lets gradient accumulation divide by the
+    true token count of the whole optimizer step, like transformers' num_items_in_batch.
+    """
+    h, targets, head = supervised_hidden(model, batch)
     # chunked: the N x 262k logits never exist whole, forward or backward (neftune/loss.py)
-    loss, n = chunked_cross_entropy(h, head, labels[keep], logit_transform(model))
+    loss, n = chunked_cross_entropy(h, head, targets, logit_transform(model))
     if reduction == "mean":
         loss = loss / max(n, 1)
     return loss, n

@@ -27,25 +27,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .modeling import backbone_and_head, unwrap
+from .modeling import logit_transform, supervised_hidden
 
 
 def supervised_logits(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """(logits N×V, targets N) at the supervised positions, as `modeling.supervised_loss` computes them
-    (backbone once, output head only where the next token is supervised, Gemma's soft-capping)."""
-    backbone, head = backbone_and_head(model)
-    kwargs = {"input_ids": batch["input_ids"], "use_cache": False}
-    for k in ("attention_mask", "position_ids"):
-        if batch.get(k) is not None:
-            kwargs[k] = batch[k]
-    hidden = backbone(**kwargs).last_hidden_state
-    labels = batch["labels"][:, 1:]
-    keep = labels != -100
-    logits = head(hidden[:, :-1][keep])
-    cap = getattr(unwrap(model).config, "final_logit_softcapping", None)
-    if cap:
-        logits = torch.tanh(logits / cap) * cap
-    return logits, labels[keep]
+    (backbone once, output head only where the next token is supervised, the model's logit transform)."""
+    h, targets, head = supervised_hidden(model, batch)
+    return logit_transform(model)(head(h)), targets
 
 
 def r3f_loss(logits_noisy: torch.Tensor, logits_clean: torch.Tensor, mask=None) -> torch.Tensor:

@@ -110,3 +110,18 @@ def test_per_example_loss_is_each_examples_own_mean_nll_and_pools_to_heldout_los
     assert per[3][1] == 0 and per[3][0] != per[3][0]  # nan: no loss without a supervised token
     pooled = sum(a * k for a, k in per[:3]) / sum(k for _, k in per[:3])
     assert abs(pooled - heldout_loss(model, examples[:3], 2, 0, 64)) < 1e-5
+
+
+@pytest.mark.parametrize("build", [_granite, _cohere, _gemma], ids=["granite", "cohere", "gemma-softcap"])
+def test_r3f_supervised_logits_use_the_models_logit_transform(build):
+    """R3F's KL compares the distributions the loss trains: the same transformed logits."""
+    import torch.nn.functional as F
+
+    from neftune.r3f import supervised_logits
+
+    torch.manual_seed(0)
+    m = build().eval()
+    b = _batch()
+    logits, targets = supervised_logits(m, b)
+    ref = m(**b, use_cache=False).loss
+    assert torch.allclose(F.cross_entropy(logits.float(), targets), ref, atol=1e-5)
