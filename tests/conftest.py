@@ -68,6 +68,17 @@ def tiny_tokenizer():
     return build_tiny_tokenizer()
 
 
+# The one size of every tiny random model in the tests (2 layers, hidden 32, 4 heads / 2 KV heads).
+TINY_DIMS = dict(
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=512,
+)
+
+
 @pytest.fixture(scope="session")
 def tiny_llama_dir(tmp_path_factory, tiny_tokenizer):
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -77,12 +88,7 @@ def tiny_llama_dir(tmp_path_factory, tiny_tokenizer):
         LlamaConfig,
         LlamaForCausalLM,
         tiny_tokenizer,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
+        **TINY_DIMS,
         tie_word_embeddings=False,
     )
 
@@ -96,13 +102,8 @@ def tiny_gemma_dir(tmp_path_factory, tiny_tokenizer):
         Gemma3TextConfig,
         Gemma3ForCausalLM,
         tiny_tokenizer,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        **TINY_DIMS,
         head_dim=8,
-        max_position_embeddings=512,
         sliding_window=16,
         layer_types=["sliding_attention", "full_attention"],
     )

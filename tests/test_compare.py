@@ -8,39 +8,30 @@ import re
 from pathlib import Path
 
 import pytest
+from test_train import cfg_for
 
 from neftune.compare import compare
-from neftune.config import load_config
-
-DATA = str(Path(__file__).parent / "assets" / "tiny_alpaca.jsonl")
 
 
-def sweep_cfg(model_dir, out):
-    return load_config(
-        None,
-        [
-            f"model={model_dir}",
-            f"output_dir={out}",
-            f"data.path={DATA}",
-            "data.eval_size=4",
-            "data.max_length=256",
-            "max_steps=2",
-            "per_device_train_batch_size=4",
-            "learning_rate=1e-3",
-            "save_steps=0",
-            "logging_steps=1",
-            "clean_loss_steps=1",
-            "report_to=[jsonl]",
-            "eval.sets=[heldout]",
-            "eval.num_samples=4",
-            "eval.max_new_tokens=8",
-            "eval.overfit_samples=4",
-            "eval.capability_samples=4",
-            "eval.judge=offline",
-            "eval.bootstrap=50",
-            "compare.variants=[{name: alpha5, neftune_noise_alpha: 5}]",
-            "compare.seeds=[0, 1]",
-        ],
+def sweep_cfg(model_dir, out, *extra):
+    """The miniature sweep: tests/test_train.py's tiny run, 2 steps, evaluated (also used by tests/test_launch.py);
+    `extra` overrides come last and win."""
+    return cfg_for(
+        model_dir,
+        out,
+        "max_steps=2",
+        "save_steps=0",
+        "clean_loss_steps=1",
+        "eval.sets=[heldout]",
+        "eval.num_samples=4",
+        "eval.max_new_tokens=8",
+        "eval.overfit_samples=4",
+        "eval.capability_samples=4",
+        "eval.judge=offline",
+        "eval.bootstrap=50",
+        "compare.variants=[{name: alpha5, neftune_noise_alpha: 5}]",
+        "compare.seeds=[0, 1]",
+        *extra,
     )
 
 

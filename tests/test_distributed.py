@@ -167,3 +167,28 @@ def test_fsdp_two_processes_train_log_clean_loss_and_save_a_reloadable_model(tmp
     base = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
     moved = [k for k, v in m.state_dict().items() if not torch.equal(v, base.state_dict()[k])]
     assert "model.embed_tokens.weight" in moved and "lm_head.weight" in moved
+
+
+def test_two_process_ddp_run_end_to_end(tmp_path, tiny_llama_dir):
+    """`accelerate launch` with 2 CPU processes (gloo) runs the CLI end to end, with noise, checkpoints and
+    a saved model; each rank draws its own noise stream."""
+    out = tmp_path / "ddp"
+    launch(
+        2,
+        f"model={tiny_llama_dir}",
+        f"output_dir={out}",
+        f"data.path={DATA}",
+        "data.eval_size=4",
+        "data.max_length=256",
+        "max_steps=3",
+        "per_device_train_batch_size=2",
+        "save_steps=2",
+        "report_to=[jsonl]",
+        "neftune_noise_alpha=5",
+        port="29517",
+    )
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["steps"] == 3
+    s0, s1 = (torch.load(out / "checkpoint-2" / f"rng_state_{r}.pth", weights_only=False)["noise"] for r in (0, 1))
+    assert not torch.equal(s0, s1)
+    assert (out / "model.safetensors").exists()

@@ -8,44 +8,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_compare import sweep_cfg as compare_sweep_cfg
 
 import neftune
 from neftune.compare import compare
-from neftune.config import load_config
 from neftune.errors import ConfigError, NeftuneError
 
-DATA = str(Path(__file__).parent / "assets" / "tiny_alpaca.jsonl")
 ray = pytest.importorskip("ray")
 
 
 def sweep_cfg(model_dir, out, *extra):
-    return load_config(
-        None,
-        [
-            f"model={model_dir}",
-            f"output_dir={out}",
-            f"data.path={DATA}",
-            "data.eval_size=4",
-            "data.max_length=256",
-            "max_steps=2",
-            "per_device_train_batch_size=4",
-            "learning_rate=1e-3",
-            "save_steps=0",
-            "logging_steps=1",
-            "clean_loss_steps=1",
-            "report_to=[jsonl]",
-            "eval.sets=[heldout]",
-            "eval.num_samples=4",
-            "eval.max_new_tokens=8",
-            "eval.overfit_samples=4",
-            "eval.capability_samples=4",
-            "eval.judge=offline",
-            "eval.bootstrap=50",
-            "compare.variants=[{name: alpha5, neftune_noise_alpha: 5}]",
-            "compare.seeds=[0]",
-            *extra,
-        ],
-    )
+    """tests/test_compare.py's miniature sweep with one seed."""
+    return compare_sweep_cfg(model_dir, out, "compare.seeds=[0]", *extra)
 
 
 @pytest.fixture(scope="module")
