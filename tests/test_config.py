@@ -2,6 +2,7 @@
 raises ConfigError naming the file / override and the problem."""
 
 import string
+from pathlib import Path
 
 import pytest
 import yaml
@@ -133,3 +134,19 @@ def test_training_identity_ignores_where_and_how_a_run_is_saved_and_evaluated():
     assert training_identity(a) == training_identity(b)
     assert training_identity(a) != training_identity(load_config(None, ["neftune_noise_alpha=1"]))
     assert "data" in training_identity(a) and "output_dir" not in training_identity(a)
+
+
+def test_sweep_long_extends_the_demo_so_its_runs_are_reused():
+    """configs/sweep-long.yaml is run on top of `make demo` (output_dir=runs/demo): the runs they share
+    (baseline and alpha5, seeds 0-1) must train and be evaluated identically, or the sweep would mix
+    settings (compare refuses) or redo the demo's work."""
+    from neftune.config import to_dict, training_identity, variant_config
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    demo, long = load_config(str(root / "default.yaml")), load_config(str(root / "sweep-long.yaml"))
+    assert set(demo.compare.seeds) <= set(long.compare.seeds)
+    by_name = {v["name"]: v for v in long.compare.variants}
+    for v in demo.compare.variants:
+        assert training_identity(variant_config(demo, v)) == training_identity(variant_config(long, by_name[v["name"]]))
+    assert training_identity(demo) == training_identity(long)  # the baseline's config (alpha is overridden by compare)
+    assert to_dict(demo.eval) == to_dict(long.eval)
