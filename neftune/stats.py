@@ -212,17 +212,18 @@ def minimum_detectable_effect(var_b: float, var_w: float, seeds: int, prompts: f
     return (Z_975 + Z_80) * design_se(var_b, var_w, seeds, prompts)
 
 
-def design_for(target: float, var_b: float, var_w: float, min_seeds: int = 1) -> tuple[int, int]:
-    """(P prompts, S seeds) whose MDE is at most ``target``.
+def design_for(target: float, var_b: float, var_w: float, min_seeds: int = 1, min_prompts: int = 1) -> tuple[int, int]:
+    """(P prompts, S seeds) whose MDE is at most ``target``, never smaller than the current design.
 
     Needed: SE ≤ target / (z_0.975 + z_0.8) =: t. Rule: S is the smallest count ≥ ``min_seeds`` with
     var_b / S ≤ t² / 2 (the seed term spends at most half the variance budget), then
-    P = ceil(var_w / (S · t² − var_b)), at least 1."""
+    P = ceil(var_w / (S · t² − var_b)), at least ``min_prompts`` (a design that needs more seeds keeps
+    its prompts: "4 prompts × 77 seeds" for a 14-prompt sweep would read as advice to drop prompts)."""
     t2 = (target / (Z_975 + Z_80)) ** 2
     seeds = max(int(min_seeds), 1, math.ceil(2 * var_b / t2) if t2 > 0 else 1)
     room = seeds * t2 - var_b
     prompts = max(1, math.ceil(var_w / room)) if var_w > 0 else 1
-    return prompts, seeds
+    return max(prompts, int(min_prompts)), seeds
 
 
 # --------------------------------------------------------------------------- the decision
@@ -256,7 +257,7 @@ def decide(
     If no variant beats the baseline, the sentence gives the design's minimum detectable effect
     (80% power, 5% level) from the variance components averaged over variants, at the current number
     of seeds S and mean items per seed P (``minimum_detectable_effect``), and the P × S that would
-    detect ``target`` (``design_for``, keeping at least the current seeds). Variants whose interval
+    detect ``target`` (``design_for``, keeping at least the current seeds and prompts). Variants whose interval
     excludes 0 in the bad direction are listed in ``worse`` and the sentence then says "no variant is
     distinguishably better" instead of "distinguishable".
 
@@ -316,7 +317,7 @@ def _no_winner(usable: dict, metric: str, worse: list, target: float, unit: str,
     seeds = round(float(np.mean([r["n_seeds"] for r in usable.values()])))
     prompts = float(np.mean([np.mean(r["n_items"]) for r in usable.values()]))
     mde = minimum_detectable_effect(var_b, var_w, seeds, prompts)
-    p, s = design_for(target, var_b, var_w, min_seeds=seeds)
+    p, s = design_for(target, var_b, var_w, min_seeds=seeds, min_prompts=math.ceil(prompts))
     stmt = (
         f"no variant is {what} the baseline at this size; the smallest difference this design can detect "
         f"(80% power, 5% level) is {mde:.3g} {unit}; detecting {target:g} {unit} would take about "

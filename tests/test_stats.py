@@ -134,3 +134,15 @@ def test_decision_lists_worse_variants_and_says_so():
     assert d["chosen"] is None and d["worse"] == ["α=5"]
     assert d["statement"].startswith("no variant is distinguishably better than the baseline at this size")
     assert "α=5: worse than the baseline on score" in d["statement"]
+
+
+def test_design_never_proposes_fewer_prompts_than_the_sweep_has():
+    """Seed-to-seed spread dominates, within-seed spread is small: more seeds are needed, and the design
+    keeps the sweep's 14 prompts instead of advising fewer (it once read "4 prompts × 77 seeds")."""
+    rng = np.random.default_rng(7)
+    base, variants = _sweep(rng, {"α=5": 0.0}, seeds=2, prompts=14, seed_sd=1.0, item_sd=0.01)
+    d = stats.decide(variants, base, "score", target=0.05, unit="similarity")
+    assert d["chosen"] is None
+    assert d["design"]["prompts"] >= 14 and d["design"]["seeds"] > 2
+    assert f"{d['design']['prompts']} prompts × {d['design']['seeds']} seeds" in d["statement"]
+    assert stats.design_for(5.0, var_b=10.0, var_w=1.0, min_seeds=2, min_prompts=14)[0] == 14
