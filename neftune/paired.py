@@ -276,9 +276,10 @@ def epoch_curve(runs: Runs, name: str) -> dict:
 
 
 def capped(runs: Runs, name: str, sets: list[str]) -> dict:
-    """Capped-answer fraction per run (seed): {set or 'exact': [per seed]}."""
+    """Capped-answer fraction per run (seed): {set, 'trained prompts' (the overlap probe) or 'exact': [per seed]}."""
     seeds = runs.rows[name]["seeds"]
     out = {s: [_num(_dig(runs.res[(name, x)], ["sets", s, "capped_fraction"])) for x in seeds] for s in sets}
+    out["trained prompts"] = [_num(_dig(runs.res[(name, x)], ["overfit", "capped_fraction"])) for x in seeds]
     out["exact"] = [_num(_dig(runs.res[(name, x)], ["exact", "capped_fraction"])) for x in seeds]
     return {k: v for k, v in out.items() if any(x is not None for x in v)}
 

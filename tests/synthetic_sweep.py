@@ -35,6 +35,7 @@ def _run_results(name: str, seed: int, alpha: float, effect: float, n: int, judg
             "rouge_l": float(rouge.mean()),
             "bleu": float(20 * rouge.mean()),
             "n": n,
+            "capped_fraction": 0.125,
             "items": {"id": [f"t{i}" for i in range(n)], "rouge_l": rouge.tolist(), "bleu": (20 * rouge).tolist()},
         },
         "capability": {

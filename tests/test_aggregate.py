@@ -95,6 +95,8 @@ def test_notes_per_run_numbers_and_capped(tmp_path):
     assert row["paired"]["lc_win_rate"]["method"].startswith("per-run LC fits")
     assert "t interval over 2 seeds" in row["paired"]["final_clean_loss"]["method"]
     assert set(row["clean_loss_by_epoch"]) == {"1", "2", "3"} and "heldout" in row["capped_fraction"]
+    # the overlap probe's answers to trained prompts are capped at the same eval.max_new_tokens: reported too
+    assert row["capped_fraction"]["trained prompts"] == [0.125, 0.125]
 
 
 def test_verdict_word():
