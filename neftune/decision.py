@@ -123,7 +123,7 @@ def decide_variant(runs: paired.Runs, rows: list[dict], cfg, sets: list[str], ma
     )
     if out["chosen"]:
         out.update(alpha=by[out["chosen"]]["alpha"], distribution=by[out["chosen"]]["distribution"])
-    out.update(_runner_up(variants, ranked, n_boot, spec["items"]))
+    out.update(_runner_up(variants, ranked, n_boot, spec["items"], out["chosen"]))
     if out.get("runner_up_sentence"):
         out["statement"] += " " + out["runner_up_sentence"]
     return out
@@ -164,8 +164,10 @@ def _too_few(variants: dict, base, spec: dict, key: str, n_seeds: int, higher: b
     }
 
 
-def _runner_up(variants: dict, ranked: list[str], n_boot: int, items: str) -> dict:
-    """The margin best − runner-up (by point difference), a paired difference with the same interval."""
+def _runner_up(variants: dict, ranked: list[str], n_boot: int, items: str, chosen: str | None = None) -> dict:
+    """The margin best − runner-up, a paired difference with the same interval. "Best" is the chosen
+    variant when there is one (not necessarily the largest point difference: that one's interval may
+    include 0), else the best point estimate, named as such since it beat nothing."""
     if len(ranked) < 2:
         return {
             "runner_up": None,
@@ -173,7 +175,8 @@ def _runner_up(variants: dict, ranked: list[str], n_boot: int, items: str) -> di
             "runner_up_distinguishable": None,
             "runner_up_sentence": "Only one variant has data: there is no runner-up.",
         }
-    top, ru = ranked[:2]
+    top = chosen or ranked[0]
+    ru = next(n for n in ranked if n != top)
     m = stats.paired_difference(variants[top], variants[ru], n_boot=n_boot, items=items)
     if m["diff"] is None:
         return {
@@ -183,13 +186,11 @@ def _runner_up(variants: dict, ranked: list[str], n_boot: int, items: str) -> di
             "runner_up_sentence": None,
         }
     dist = bool(m["ci"][0] > 0 or m["ci"][1] < 0)
-    text = (
-        f"Runner-up {ru}: {top} − {ru} = {m['diff']:+.3g} [{m['ci'][0]:+.3g}, {m['ci'][1]:+.3g}] ({m['method']}); "
-        + (
-            "the interval excludes 0, so the two are distinguishable."
-            if dist
-            else "the interval includes 0, so the two are not distinguishable."
-        )
+    lead = "Runner-up" if chosen else f"Best point estimate {top}, runner-up"
+    text = f"{lead} {ru}: {top} − {ru} = {m['diff']:+.3g} [{m['ci'][0]:+.3g}, {m['ci'][1]:+.3g}] ({m['method']}); " + (
+        "the interval excludes 0, so the two are distinguishable."
+        if dist
+        else "the interval includes 0, so the two are not distinguishable."
     )
     return {
         "runner_up": ru,

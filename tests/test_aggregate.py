@@ -22,6 +22,19 @@ def test_equal_variants_are_not_distinguishable(tmp_path):
     )
     assert "would take about" in sel["statement"] and sel["design"]["seeds"] >= 2 and sel["mde"] > 0
     assert "beats" not in sel["statement"] and sel["metric_key"] == "heldout.margin.reference"  # continuous scores
+    # nothing was chosen: the margin sentence names the best point estimate as such, not as a winner
+    top, ru = sel["ranked"][:2]
+    assert f"Best point estimate {top}, runner-up {ru}: {top} − {ru} = " in sel["statement"]
+
+
+def test_runner_up_margin_is_taken_against_the_chosen_variant(tmp_path):
+    """alpha10's point difference is the largest but its interval is wide (its own noise is large), so
+    alpha5 is chosen; the runner-up margin must be chosen − other, not "largest point estimate − other"."""
+    from neftune.decision import _runner_up
+
+    variants = {"alpha5": {0: [1.0, 1.1]}, "alpha10": {0: [2.0, 2.1]}, "wd": {0: [0.0, 0.1]}}
+    r = _runner_up(variants, ["alpha10", "alpha5", "wd"], 50, "prompts", chosen="alpha5")
+    assert r["runner_up"] == "alpha10" and r["runner_up_sentence"].startswith("Runner-up alpha10: alpha5 − alpha10 = ")
 
 
 def test_planted_effect_names_the_variant_and_every_metric_moves(tmp_path):
