@@ -199,6 +199,23 @@ def section_training(sweep: Path, table: dict, cfg, figs: dict) -> list[tuple]:
     return b + ([("fig", figs["clean_epochs"], FIGURES["clean_epochs"][1])] if "clean_epochs" in figs else [])
 
 
+def _capped_overall(table: dict) -> str:
+    """Per set over every run: the mean capped fraction (the pooled one, as runs answer the same prompts)
+    and the worst run, so a sweep-wide figure never hides one run's loops."""
+    per_set: dict = {}
+    for r in table["rows"]:
+        for k, vals in (r.get("capped_fraction") or {}).items():
+            per_set.setdefault(k, []).extend((d, v) for d, v in zip(r["runs"], vals) if v is not None)
+    parts = []
+    for k, dv in per_set.items():
+        if dv:
+            worst = max(dv, key=lambda x: x[1])
+            parts.append(
+                f"{k} {sum(v for _, v in dv) / len(dv):.1%} over {len(dv)} runs (worst {worst[1]:.1%}, {worst[0]})"
+            )
+    return "Over all runs: " + "; ".join(parts) + "."
+
+
 def section_capped(sweep: Path, table: dict, cfg, figs: dict) -> list[tuple]:
     body = [
         [d, str(s), k, f"{v:.1%}" if v is not None else "—"]
@@ -211,6 +228,7 @@ def section_capped(sweep: Path, table: dict, cfg, figs: dict) -> list[tuple]:
         ("table", ["run", "seed", "set", "capped fraction"], body)
         if body
         else ("p", "No run reports capped_fraction."),
+        *([("p", _capped_overall(table))] if body else []),
         (
             "p",
             f"Capped = the answer reached eval.max_new_tokens ({cfg.eval.max_new_tokens}) without EOS: its length "

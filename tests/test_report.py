@@ -74,6 +74,9 @@ def test_every_figure_and_section_from_files(tmp_path):
     assert "resolved: lower, better" in text and "not resolved" in text  # worded from the intervals
     assert "steps within seed" in text and "examples within seed" in text  # every interval says what it resamples
     assert "LC win rate unstable in alpha5-seed1" in text and "had no basis" in text  # caveats from the data
+    # capped answers: per run, and per set over all runs with the worst run named (synthetic: trained
+    # prompts 12.5 % in every run; held-out capped where a planted length reaches the cap)
+    assert "Over all runs: " in text and "trained prompts 12.5% over 6 runs (worst 12.5%, " in text
     examples = next(b[1] for b in blocks if b[0] == "examples")
     assert {e["verdict"] for e in examples} <= {"alpha5 wins", "baseline wins", "draw", "no verdict"}
 
