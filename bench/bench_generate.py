@@ -5,9 +5,10 @@
 
 Same prompts (MT-Bench first turns in the Alpaca template), batch size and max new tokens for both:
 
-  baseline  generate_answers(fast_greedy=False): left-padded batches through `model.generate` (today's path)
-  new       generate_answers(fast_greedy=True): neftune.evaluation.greedy (logits_to_keep=1, argmax only,
-            finished rows leave the batch and the KV cache)
+  baseline  generate_answers(fast_greedy=False, pack_weights=False): left-padded batches through
+            `model.generate` with plain `F.linear` (transformers' own batched generation)
+  new       generate_answers() defaults: neftune.evaluation.greedy (logits_to_keep=1, argmax only, finished
+            rows leave the batch and the KV cache) on oneDNN-packed weights (neftune.evaluation.packed)
 
 Measured ABAB (baseline, new, baseline, new, ...) so that load from other processes on a shared box hits
 both; each side's figure is its best round. Then the new path's output is compared with per-prompt greedy
@@ -15,7 +16,7 @@ both; each side's figure is its best round. Then the new path's output is compar
 stream-like copy bandwidth are measured in the same run; achieved GFLOP/s counts 2*W per token the model
 runs (body on prompt and new tokens, head on new tokens only, attention not counted), weight bytes/s counts
 every weight byte once per forward call. --levers adds single-lever variants (no shrinking; a static cache
-in `generate`). Prints the date and the load average (os.getloadavg) at start and end.
+in `generate`; the loop on unpacked weights; `generate` on packed weights). Prints the date and the load average (os.getloadavg) at start and end.
 """
 
 from __future__ import annotations
@@ -117,7 +118,9 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=32)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--rounds", type=int, default=2, help="ABAB rounds (each side's best round is reported)")
-    ap.add_argument("--levers", action="store_true", help="also time single levers (no shrink; static cache)")
+    ap.add_argument(
+        "--levers", action="store_true", help="also time single levers (no shrink; static cache; packing alone)"
+    )
     ap.add_argument("--skip-check", action="store_true", help="skip the per-prompt generate equality check")
     ap.add_argument(
         "--threads",
@@ -176,8 +179,10 @@ def main() -> None:
         return r
 
     variants = {
-        "baseline (generate)": lambda: generate_answers(model, tok, prompts, fast_greedy=False, **kw),
-        "new (greedy loop)": lambda: generate_answers(model, tok, prompts, fast_greedy=True, **kw),
+        "baseline (generate)": lambda: generate_answers(
+            model, tok, prompts, fast_greedy=False, pack_weights=False, **kw
+        ),
+        "new (loop + packed)": lambda: generate_answers(model, tok, prompts, **kw),
     }
     if args.levers:
 
@@ -190,17 +195,19 @@ def main() -> None:
             G_mod = sys.modules["neftune.evaluation.generate"]
             G_mod.greedy_generate = call
             try:
-                return generate_answers(model, tok, prompts, fast_greedy=True, **kw)
+                return generate_answers(model, tok, prompts, **kw)
             finally:
                 G_mod.greedy_generate = orig
 
         def static_cache():
             model.generation_config.cache_implementation = "static"
             try:
-                return generate_answers(model, tok, prompts, fast_greedy=False, **kw)
+                return generate_answers(model, tok, prompts, fast_greedy=False, pack_weights=False, **kw)
             finally:
                 model.generation_config.cache_implementation = None
 
+        variants["lever: loop, unpacked"] = lambda: generate_answers(model, tok, prompts, pack_weights=False, **kw)
+        variants["lever: generate, packed"] = lambda: generate_answers(model, tok, prompts, fast_greedy=False, **kw)
         variants["lever: no shrink"] = no_shrink
         variants["lever: generate static"] = static_cache
     runs: dict[str, list[dict]] = {k: [] for k in variants}
@@ -209,7 +216,7 @@ def main() -> None:
         for name, fn in variants.items():
             runs[name].append(timed(name, fn))
     best = {k: max(v, key=lambda r: r["tok_s"]) for k, v in runs.items()}
-    base, new = best["baseline (generate)"], best["new (greedy loop)"]
+    base, new = best["baseline (generate)"], best["new (loop + packed)"]
     same_as_baseline = sum(a != b for a, b in zip(base["outputs"], new["outputs"]))
 
     mismatches = None

@@ -127,6 +127,7 @@ def generations(
         prompts,
         max_new_tokens=e.max_new_tokens,
         batch_size=e.batch_size,
+        pack_weights=e.pack_weights,
         preset=e.preset,
         do_sample=e.do_sample,
         temperature=e.temperature,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import pytest
@@ -82,13 +83,35 @@ def test_batched_equals_unbatched_loop(model_tok, preset):
 
 @pytest.mark.parametrize("batch_size", [1, 3, 16])
 @pytest.mark.parametrize("fast", [True, False])
-def test_greedy_paths_equal_loop_at_any_batch_size(model_tok, batch_size, fast):
+@pytest.mark.parametrize("pack", [True, False])
+def test_greedy_paths_equal_loop_at_any_batch_size(model_tok, batch_size, fast, pack, monkeypatch):
+    """Every path (lean loop or `generate`, on oneDNN-packed weights or not) gives per-prompt `generate`'s text."""
+    from neftune.evaluation import generate as gen_mod
+    from neftune.evaluation import packed
+
     model, tok = model_tok
     ref = _loop(model, tok, PROMPTS, 12)
+    packs = []
+
+    @contextlib.contextmanager
+    def spy(*a, **k):
+        with packed.packed_linears(*a, **k) as n:
+            packs.append(n)
+            yield n
+
+    monkeypatch.setattr(gen_mod, "packed_linears", spy)
     got = generate_answers(
-        model, tok, PROMPTS, max_new_tokens=12, batch_size=batch_size, progress=False, fast_greedy=fast
+        model,
+        tok,
+        PROMPTS,
+        max_new_tokens=12,
+        batch_size=batch_size,
+        progress=False,
+        fast_greedy=fast,
+        pack_weights=pack,
     )
     assert got == ref
+    assert len(packs) == 1 and (packs[0] > 0) == (pack and packed.available())
 
 
 def _ref_ids(model, prompt_ids, max_new_tokens, eos, pad):
