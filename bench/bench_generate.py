@@ -8,7 +8,7 @@ Same prompts (MT-Bench first turns in the Alpaca template), batch size and max n
   baseline  generate_answers(fast_greedy=False, pack_weights=False): left-padded batches through
             `model.generate` with plain `F.linear` (transformers' own batched generation)
   new       generate_answers() defaults: neftune.evaluation.greedy (logits_to_keep=1, argmax only, finished
-            rows leave the batch and the KV cache) on oneDNN-packed weights (neftune.evaluation.packed)
+            rows leave the batch and the KV cache) on oneDNN-packed weights (neftune.packed)
 
 Measured ABAB (baseline, new, baseline, new, ...) so that load from other processes on a shared box hits
 both; each side's figure is its best round. Then the new path's output is compared with per-prompt greedy

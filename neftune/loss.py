@@ -19,11 +19,13 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from .packed import frozen_head_logits
+
 Transform = Callable[[torch.Tensor], torch.Tensor] | None
 
 
 def _chunk_loss(head, transform: Transform, h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    logits = head(h)
+    logits = frozen_head_logits(head, h)  # = head(h); a frozen CPU head runs on packed weights (packed.py)
     if transform is not None:
         logits = transform(logits)
     return F.cross_entropy(logits.float(), y, reduction="sum")

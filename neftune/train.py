@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import rundir
+from . import packed, rundir
 from .checkpoint import (  # noqa: F401  (old names importable from here)
     _failpoint,
     _rng_state,
@@ -374,6 +374,7 @@ def _finish(run: _Run) -> dict:
     )
     run.logger.log({"step": run.total_steps, "heldout_loss": hl})
     run.logger.close()
+    packed.release(run.model)  # the training head's packed copy (one more head in memory) is done
     save_model(run.model, run.tokenizer, out, acc, run.wrapped)
     wall = run.done["wall_time_s"] + time.time() - run.t0  # the sum of all segments of a resumed run
     summary = {

@@ -28,9 +28,9 @@ from typing import Optional, Union
 import torch
 
 from ..errors import DataError, NeftuneError
+from ..packed import packed_linears
 from ..rundir import atomic_write as _atomic_write
 from .greedy import greedy_generate
-from .packed import packed_linears
 
 # The NEFTune repo's eval decodes greedily with repetition_penalty=1.2 (their "original" setting).
 PRESETS = {"greedy": {"repetition_penalty": None}, "original": {"repetition_penalty": 1.2}}

@@ -86,8 +86,8 @@ def test_batched_equals_unbatched_loop(model_tok, preset):
 @pytest.mark.parametrize("pack", [True, False])
 def test_greedy_paths_equal_loop_at_any_batch_size(model_tok, batch_size, fast, pack, monkeypatch):
     """Every path (lean loop or `generate`, on oneDNN-packed weights or not) gives per-prompt `generate`'s text."""
+    from neftune import packed
     from neftune.evaluation import generate as gen_mod
-    from neftune.evaluation import packed
 
     model, tok = model_tok
     ref = _loop(model, tok, PROMPTS, 12)

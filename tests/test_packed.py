@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from neftune.evaluation import packed
-from neftune.evaluation.packed import packed_linears
+from neftune import packed
+from neftune.packed import packed_linears
 
 pytestmark = pytest.mark.skipif(not packed.available(), reason="torch built without oneDNN")
 
@@ -77,3 +77,58 @@ def test_lora_base_layers_and_adapters_are_packed(tiny_llama_dir):
     plain = sum(1 for m in model.modules() if type(m) is nn.Linear)
     assert n == plain and n > 3 * 7  # base layers, lora_A, lora_B and the head
     torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
+
+
+# ------------------------------------------------------------------------------------------ training
+def _frozen_head(v=500, d=24):
+    torch.manual_seed(1)
+    head = nn.Linear(d, v, bias=False)
+    head.weight.requires_grad_(False)
+    return head
+
+
+def test_frozen_head_loss_and_hidden_gradient_match_the_plain_head():
+    from neftune.loss import chunked_cross_entropy
+
+    head = _frozen_head()
+    hidden = torch.randn(37, 24, requires_grad=True)
+    labels = torch.randint(0, 500, (37,))
+    ref = torch.nn.functional.cross_entropy(torch.tanh(head(hidden) / 3) * 3, labels, reduction="sum")
+    (ref_g,) = torch.autograd.grad(ref * 0.5, [hidden])
+    loss, _ = chunked_cross_entropy(hidden, head, labels, lambda z: torch.tanh(z / 3) * 3, chunk_size=16)
+    (g,) = torch.autograd.grad(loss * 0.5, [hidden])
+    assert getattr(head, "_neftune_packed", None) is not None  # the packed path ran
+    assert "_neftune_packed" not in str(head.state_dict().keys())
+    torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(g, ref_g, rtol=1e-5, atol=1e-5)
+    assert packed.release(nn.Sequential(head)) == 1 and not hasattr(head, "_neftune_packed")
+
+
+def test_frozen_head_is_repacked_when_its_weight_changes():
+    head = _frozen_head()
+    x = torch.randn(5, 24)
+    first = packed.frozen_head_logits(head, x)
+    torch.testing.assert_close(first, head(x), rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        head.weight.mul_(-2.0)  # same storage, new values: the version counter moves
+    torch.testing.assert_close(packed.frozen_head_logits(head, x), head(x), rtol=1e-5, atol=1e-5)
+    head.weight = nn.Parameter(torch.randn(500, 24), requires_grad=False)  # new storage
+    torch.testing.assert_close(packed.frozen_head_logits(head, x), head(x), rtol=1e-5, atol=1e-5)
+
+
+def test_trainable_biased_or_viewed_heads_take_the_plain_path():
+    trainable = nn.Linear(24, 50, bias=False)
+    x = torch.randn(3, 24)
+    packed.frozen_head_logits(trainable, x).sum().backward()
+    assert trainable.weight.grad is not None and not hasattr(trainable, "_neftune_packed")
+    biased = nn.Linear(24, 50).requires_grad_(False)
+    packed.frozen_head_logits(biased, x)
+    hooked = _frozen_head()
+    hooked.forward = hooked.forward  # as accelerate's offload hooks wrap it
+    packed.frozen_head_logits(hooked, x)
+    assert not hasattr(hooked, "_neftune_packed")
+    viewed = _frozen_head()
+    flat = torch.zeros(500 * 24 + 7)  # a view into a bigger flat buffer, as FSDP keeps parameters
+    viewed.weight = nn.Parameter(flat[7:].view(500, 24), requires_grad=False)
+    packed.frozen_head_logits(viewed, x)
+    assert not hasattr(biased, "_neftune_packed") and not hasattr(viewed, "_neftune_packed")
