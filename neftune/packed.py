@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Iterator
 
 import torch
@@ -40,7 +41,10 @@ _PROBED: dict[str, bool] = {}
 
 
 def available() -> bool:
-    """oneDNN's packed linear runs on this torch build (probed once on a tiny product)."""
+    """oneDNN's packed linear runs on this torch build (probed once on a tiny product) and is not
+    switched off with NEFTUNE_PACK_WEIGHTS=0 (everywhere: generation and the training head)."""
+    if os.environ.get("NEFTUNE_PACK_WEIGHTS", "1").strip() in ("0", "false", "no"):
+        return False
     if "ok" not in _PROBED:
         try:
             w, x = torch.randn(8, 4), torch.randn(3, 4)

@@ -52,6 +52,16 @@ def test_the_block_leaves_no_trace_and_disabled_packs_nothing():
     assert not any("forward" in vars(m) for m in net.modules())
 
 
+def test_the_environment_switch_turns_packing_off(monkeypatch):
+    net = _net()
+    monkeypatch.setenv("NEFTUNE_PACK_WEIGHTS", "0")
+    with packed_linears(net) as n:
+        assert n == 0
+    head = _frozen_head()
+    packed.frozen_head_logits(head, torch.randn(2, 24))
+    assert not hasattr(head, "_neftune_packed")
+
+
 def test_gradients_and_other_dtypes_fall_back_to_f_linear():
     net = _net()
     x = torch.randn(4, 24, requires_grad=True)
