@@ -101,6 +101,24 @@ def copy_bandwidth(mib: int = 256, reps: int = 5, rounds: int = 3) -> float:
     return best
 
 
+def linear_floor(model, rows: int, reps: int = 3) -> float:
+    """Seconds for one pass over every Linear of the model (body and head) at `rows` rows on oneDNN-packed
+    weights, with nothing else: the floor a decode step at that batch size cannot go under on this box
+    without fewer weight bytes. Best of reps; weights are too big for the cache, so this streams them."""
+    from neftune.packed import packed_linears
+
+    mods = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    xs = [torch.randn(rows, m.in_features) for m in mods]
+    best = float("inf")
+    with packed_linears(model, rows), torch.inference_mode():
+        for _ in range(reps + 1):
+            t0 = time.perf_counter()
+            for m, x in zip(mods, xs):
+                m(x)
+            best = min(best, time.perf_counter() - t0)
+    return best
+
+
 def weights(model) -> tuple[int, int]:
     """(decoder body Linear weights, output head weights): what matmuls once per token."""
     head = model.get_output_embeddings()
@@ -155,6 +173,12 @@ def main() -> None:
     )
     peak, bw = matmul_peak(), copy_bandwidth()
     print(f"fp32 matmul peak {peak:.1f} GFLOP/s, copy bandwidth {bw:.1f} GB/s", flush=True)
+    floor = {r: linear_floor(model, r) for r in sorted({1, args.batch_size})}
+    print(
+        "Linear-only pass (packed, the decode step's floor): "
+        + ", ".join(f"{r} rows {1e3 * t:.0f} ms ({(body + head) * 4 / t / 1e9:.1f} GB/s)" for r, t in floor.items()),
+        flush=True,
+    )
 
     counter = CallCounter(model)
     eos, pad = _eos_ids(model, tok), tok.pad_token_id
@@ -286,6 +310,7 @@ def main() -> None:
                     "end": end,
                     "peak_gflops": peak,
                     "copy_gb_s": bw,
+                    "linear_floor_s": floor,
                     "runs": slim,
                     "ratio": ratio,
                     "mismatches": mismatches,
