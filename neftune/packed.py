@@ -62,6 +62,7 @@ def _packable(module: nn.Module) -> bool:
     return (
         isinstance(module, nn.Linear)
         and type(module).forward is nn.Linear.forward  # quantised subclasses keep their own kernels
+        and "forward" not in vars(module)  # accelerate's offload hooks replaced it: leave theirs alone
         and isinstance(w, torch.Tensor)
         and w.device.type == "cpu"
         and w.dtype == torch.float32

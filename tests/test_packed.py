@@ -62,6 +62,15 @@ def test_the_environment_switch_turns_packing_off(monkeypatch):
     assert not hasattr(head, "_neftune_packed")
 
 
+def test_a_forward_replaced_by_someone_else_survives_the_block():
+    net = _net()
+    hooked = net[0].forward  # what accelerate's add_hook_to_module does: an instance-level forward
+    net[0].forward = hooked
+    with packed_linears(net) as n:
+        assert n == 1 and net[0].forward is hooked
+    assert net[0].forward is hooked  # still there after the block
+
+
 def test_gradients_and_other_dtypes_fall_back_to_f_linear():
     net = _net()
     x = torch.randn(4, 24, requires_grad=True)
