@@ -41,6 +41,8 @@ JUDGE_ONLY = (
     "tie_margin",
     "bootstrap",
 )
+# EvalConfig keys that change how fast answers are made, never what they are (tests gate the tokens).
+SPEED_ONLY = ("pack_weights",)
 
 
 def run_config(run_dir) -> Config:
@@ -157,7 +159,7 @@ def generations(
 
 def _generation_identity(cfg: Config, run: Path) -> dict:
     """Everything stage 1's output depends on: the weights and every eval setting but the judge's."""
-    e = {k: v for k, v in to_dict(cfg.eval).items() if k not in JUDGE_ONLY}
+    e = {k: v for k, v in to_dict(cfg.eval).items() if k not in JUDGE_ONLY + SPEED_ONLY}
     return {"weights": rundir.weights_fingerprint(run), "eval": e, "seed": cfg.seed, "template": cfg.data.template}
 
 

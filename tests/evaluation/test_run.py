@@ -169,3 +169,16 @@ def test_results_carry_per_item_values_paired_by_id(runs):
     assert e["n"] == 2 and e["items"]["kind"] == ["arithmetic", "conversion"] and e["capped_fraction"] == 1.0
     assert e["accuracy"] == sum(e["items"]["correct"]) / 2 and "tokens_mean" in e["length"]
     assert len(read_alpaca_eval(neft / "eval" / "generations" / "exact.json")) == 2
+
+
+def test_speed_only_settings_do_not_invalidate_saved_answers(tmp_path):
+    """Runs evaluated before eval.pack_weights existed (or with it off) keep their scores: it changes speed only."""
+    from neftune.evaluation.run import _generation_identity
+
+    (tmp_path / "model.safetensors").write_bytes(b"w")
+    on = load_config(None, ["eval.pack_weights=true"])
+    off = load_config(None, ["eval.pack_weights=false"])
+    longer = load_config(None, ["eval.max_new_tokens=7"])
+    assert _generation_identity(on, tmp_path) == _generation_identity(off, tmp_path)
+    assert "pack_weights" not in _generation_identity(on, tmp_path)["eval"]  # as saved before the key existed
+    assert _generation_identity(on, tmp_path) != _generation_identity(longer, tmp_path)
