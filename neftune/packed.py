@@ -109,16 +109,12 @@ def packed_linears(model: nn.Module, batch_size: int = 16, enabled: bool = True)
 
 
 # ------------------------------------------------------------------------------------------ training
-def _frozen_plain(w) -> bool:
-    """A frozen, plain, whole fp32 CPU tensor: not a view into a flat FSDP buffer, not a DTensor."""
+def _frozen_plain(w: torch.Tensor) -> bool:
+    """A frozen weight that owns its whole storage: not a view into a flat FSDP buffer, not a DTensor
+    (on top of `_packable`'s checks)."""
     return (
-        isinstance(w, torch.Tensor)
-        and type(w.data) is torch.Tensor
+        type(w.data) is torch.Tensor
         and not w.requires_grad
-        and w.device.type == "cpu"
-        and w.dtype == torch.float32
-        and w.dim() == 2
-        and w.layout == torch.strided
         and w.is_contiguous()
         and w.storage_offset() == 0
         and w.untyped_storage().nbytes() == w.numel() * w.element_size()
@@ -140,20 +136,18 @@ class _FrozenLinear(torch.autograd.Function):
 def frozen_head_logits(head: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """`head(x)` for a 2-d x; on a packed copy of the weight when the head is a plain, frozen, bias-free
     fp32 CPU `nn.Linear` (the copy lives on the module and is refreshed when the weight changes)."""
-    w = getattr(head, "weight", None)
     if not (
-        isinstance(head, nn.Linear)
-        and type(head).forward is nn.Linear.forward
-        and "forward" not in vars(head)  # accelerate's offload hooks (or packed_linears) replaced it
+        _packable(head)
         and head.bias is None
         and not head._forward_hooks
         and not head._forward_pre_hooks
         and x.dim() == 2
         and x.dtype == torch.float32
-        and _frozen_plain(w)
+        and _frozen_plain(head.weight)
         and available()
     ):
         return head(x)
+    w = head.weight
     key = (w.data_ptr(), w._version, tuple(w.shape))
     cached = getattr(head, "_neftune_packed", None)
     if cached is None or cached[0] != key:

@@ -201,37 +201,19 @@ def generate_answers(
         with packed_linears(model, batch_size, enabled=pack_weights):
             for start in range(0, len(order), batch_size):
                 idxs = order[start : start + batch_size]
-                width = max(len(encoded[i]) for i in idxs)
-                input_ids = torch.full((len(idxs), width), pad_id, dtype=torch.long)
-                attention = torch.zeros((len(idxs), width), dtype=torch.long)
-                for row, i in enumerate(idxs):  # left padding
-                    ids = encoded[i]
-                    input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
-                    attention[row, width - len(ids) :] = 1
+                batch = [encoded[i] for i in idxs]
                 if lean:
                     new = greedy_generate(
-                        model,
-                        [encoded[i] for i in idxs],
-                        max_new_tokens=max_new_tokens,
-                        eos_ids=eos_ids,
-                        pad_id=pad_id,
-                        device=device,
+                        model, batch, max_new_tokens=max_new_tokens, eos_ids=eos_ids, pad_id=pad_id, device=device
                     )
                 else:
-                    with torch.random.fork_rng(devices=[]), torch.inference_mode():
-                        torch.manual_seed(seed + start)
-                        out = model.generate(
-                            input_ids=input_ids.to(device),
-                            attention_mask=attention.to(device),
-                            generation_config=gen_config,
-                        )
-                    new = out[:, width:].cpu()
+                    new = _generate_batch(model, batch, gen_config, pad_id, device, seed + start)
                 for row, i in enumerate(idxs):
                     outputs[i] = tokenizer.decode(new[row], skip_special_tokens=True).strip()
                     hit_cap[i] = _hit_cap(new[row], eos_ids, max_new_tokens)
                 if fh is not None:
-                    for i in idxs:
-                        rec = {
+                    recs = [
+                        {
                             "idx": i,
                             "prompt_sha": prompt_sha(prompts[i]),
                             "output": outputs[i],
@@ -239,12 +221,11 @@ def generate_answers(
                             "generator": generator_name,
                             "dataset": dataset_name,
                             "capped": hit_cap[i],
+                            **({"instruction": instructions[i]} if instructions is not None else {}),
                         }
-                        if instructions is not None:
-                            rec["instruction"] = instructions[i]
-                        fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
-                    fh.flush()
-                    os.fsync(fh.fileno())
+                        for i in idxs
+                    ]
+                    _append_synced(fh, recs)
                 bar.update(len(idxs))
     finally:
         bar.close()
@@ -253,6 +234,30 @@ def generate_answers(
         if was_training:
             model.train()
     return _report_capped(outputs, hit_cap, capped)
+
+
+def _append_synced(fh, recs: list[dict]) -> None:
+    """One JSONL line per finished answer, fsync'ed: a kill loses at most the batch being decoded."""
+    for rec in recs:
+        fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+    fh.flush()
+    os.fsync(fh.fileno())
+
+
+def _generate_batch(model, batch: list[list[int]], gen_config, pad_id: int, device, seed: int) -> torch.Tensor:
+    """`model.generate` on one left-padded batch (sampling seeded per batch); returns the new token ids."""
+    width = max(len(ids) for ids in batch)
+    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, ids in enumerate(batch):  # left padding
+        input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+        attention[row, width - len(ids) :] = 1
+    with torch.random.fork_rng(devices=[]), torch.inference_mode():
+        torch.manual_seed(seed)
+        out = model.generate(
+            input_ids=input_ids.to(device), attention_mask=attention.to(device), generation_config=gen_config
+        )
+    return out[:, width:].cpu()
 
 
 # --- capped flag (issue 11): separable from the decoding loop above
