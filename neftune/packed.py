@@ -1,7 +1,7 @@
 """Pre-packed oneDNN weights on CPU: the decode step's skinny matmuls and the training head at ~2x.
 
 A decode step multiplies a few rows (one token per prompt) by every weight matrix. On the CPU wheel of
-torch, `F.linear` goes to MKL's sgemm, which on this project's AMD machines runs these skinny shapes at
+torch, `F.linear` goes to MKL's sgemm, which on the AMD EPYC box we measured (2026-11-29) runs these skinny shapes at
 2-7 GB/s of weights (bench/README.md: a 16 x 640 by 640 x 262144 head takes 270-370 ms) while the same
 product through oneDNN with the weight reordered once into its blocked layout takes ~95 ms. That reorder
 is what `torch.compile`'s CPU freezing pass does; we do only that part, without compiling anything:
