@@ -31,6 +31,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=2)
     ap.add_argument("--alpha", type=float, default=5.0)
     ap.add_argument("--rows", type=int, default=22, help="rows of the profiler table")
+    ap.add_argument("--by-shape", action="store_true", help="also group ops by input shapes")
     args = ap.parse_args()
     os.chdir(ROOT)
     from neftune.config import load_config
@@ -42,9 +43,12 @@ def main() -> None:
         calls["n"] += 1
         if calls["n"] != 3:
             return orig(run, micro, n_step)
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
+        with profile(activities=[ProfilerActivity.CPU], record_shapes=args.by_shape) as prof:
             out = orig(run, micro, n_step)
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.rows), flush=True)
+        if args.by_shape:
+            by_shape = prof.key_averages(group_by_input_shape=True)
+            print(by_shape.table(sort_by="self_cpu_time_total", row_limit=args.rows), flush=True)
         return out
 
     T._forward_backward = forward_backward
