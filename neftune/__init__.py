@@ -1,6 +1,7 @@
 """neftune: instruction finetuning with NEFTune noise done right, with the paper's evaluation built in."""
 
-from .noise import NEFTune, activate, neftune_noise, sequence_energy
+from .hooks import NEFTune, activate
+from .noise import neftune_noise, sequence_energy
 
 __version__ = "0.1.0"
 __all__ = ["neftune_noise", "activate", "NEFTune", "sequence_energy", "NEFTuneCallback", "__version__"]

@@ -27,7 +27,7 @@ from typing import Optional
 import torch
 from transformers import TrainerCallback
 
-from .noise import NEFTune, activate
+from .hooks import NEFTune, activate
 
 
 class NEFTuneCallback(TrainerCallback):

@@ -52,7 +52,7 @@ def r3f_loss(logits_noisy: torch.Tensor, logits_clean: torch.Tensor, mask=None) 
 
 
 def _neftune_handle(model):
-    from .noise import _find_embedding
+    from .hooks import _find_embedding
 
     return getattr(_find_embedding(model), "_neftune_handle", None)
 

@@ -371,3 +371,16 @@ def test_capture_records_labels_of_the_model_input(model):
         pre.remove()
         assert h._batch == {}  # forgotten when the forward ends
     assert seen and torch.equal(seen[0], ids)
+
+
+def test_hooks_module_keeps_the_old_import_paths():
+    """activate/NEFTune moved to neftune/hooks.py (noise.py keeps the math); `from neftune.noise import
+    activate` still works and is the same object, and unknown names still raise AttributeError."""
+    import neftune.hooks
+    import neftune.noise
+    from neftune.noise import NEFTune, activate
+
+    assert activate is neftune.hooks.activate is neftune.activate
+    assert NEFTune is neftune.hooks.NEFTune
+    with pytest.raises(AttributeError):
+        neftune.noise.no_such_name  # noqa: B018
