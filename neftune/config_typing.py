@@ -121,7 +121,8 @@ def _coerce(value: Any, tp, key: str):
 
 def _apply(obj, mapping: dict, where: str, prefix: str = ""):
     if not isinstance(mapping, dict):
-        raise ConfigError(f"{where}: {prefix or 'config'} must be a mapping, got {type(mapping).__name__}")
+        section = prefix.rstrip(".") or "config"  # prefix is the dotted path so far: "data." -> "data"
+        raise ConfigError(f"{where}: {section} must be a mapping, got {type(mapping).__name__}")
     hints = typing.get_type_hints(type(obj))
     names = [f.name for f in dataclasses.fields(obj)]
     for key, value in mapping.items():
