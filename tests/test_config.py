@@ -152,7 +152,9 @@ def test_sweep_long_extends_the_demo_so_its_runs_are_reused():
     assert to_dict(demo.eval) == to_dict(long.eval)
 
 
-@pytest.mark.parametrize("override, needle", [("data=3", "data must be a mapping"), ("eval=[1]", "eval must be a mapping")])
+@pytest.mark.parametrize(
+    "override, needle", [("data=3", "data must be a mapping"), ("eval=[1]", "eval must be a mapping")]
+)
 def test_a_section_that_is_not_a_mapping_is_named_without_a_trailing_dot(override, needle):
     with pytest.raises(ConfigError) as e:
         load_config(None, [override])
