@@ -165,9 +165,9 @@ class CompareConfig:
         ]
     )
     """NEFTune variants trained beside the alpha=0 baseline: each a dict of config overrides plus a `name`."""
-    seeds: list = field(default_factory=lambda: [0, 1])
+    seeds: list[int] = field(default_factory=lambda: [0, 1])
     """Training seeds; every variant is judged against the baseline of the same seed."""
-    data_fractions: list = field(default_factory=list)
+    data_fractions: list[float] = field(default_factory=list)
     """Extra data-size study: fractions of the training data (e.g. [0.25, 0.5]) for the baseline, the chosen variant
     and the best regularizer baseline (alpha-0 variant); [] = off."""
     select_by: SelectMetric = "lc_win_rate"

@@ -159,3 +159,64 @@ def test_a_section_that_is_not_a_mapping_is_named_without_a_trailing_dot(overrid
     with pytest.raises(ConfigError) as e:
         load_config(None, [override])
     assert needle in str(e.value), str(e.value)
+
+
+# Each of these used to load and then crash (or silently misbehave) mid-run: a ZeroDivisionError after
+# the first step, a ValueError from noise.py after the model loaded, a negative slice dropping prompts...
+BAD_VALUES = [
+    "logging_steps=0",
+    "neftune_noise_alpha=.inf",
+    "compare.seeds=[a]",
+    "compare.seeds=[-1]",
+    "seed=-1",
+    "seed=4294967296",
+    "compare.data_fractions=[abc]",
+    "compare.data_fractions=[1.5]",
+    "compare.data_fractions=[0]",
+    "eval.max_new_tokens=0",
+    "eval.batch_size=0",
+    "num_train_epochs=0",
+    "num_train_epochs=.nan",
+    "max_steps=0",
+    "learning_rate=.inf",
+    "r3f_lambda=.inf",
+    "weight_decay=-0.1",
+    "weight_decay=.nan",
+    "warmup_ratio=1.5",
+    "max_grad_norm=-1",
+    "max_grad_norm=.inf",
+    "save_steps=-1",
+    "clean_loss_steps=-1",
+    "save_total_limit=-1",
+    "data.num_train_samples=0",
+    "data.sharegpt_size=0",
+    "lora.alpha=0",
+    "lora.dropout=1",
+    "eval.num_samples=-1",
+    "eval.overfit_samples=-1",
+    "eval.train_loss_samples=-1",
+    "eval.exact_samples=-1",
+    "eval.capability_samples=-1",
+    "eval.temperature=0",
+    "eval.top_p=1.5",
+    "eval.repetition_penalty=0",
+    "eval.judge_max_retries=-1",
+    "eval.judge_timeout=0",
+    "eval.tie_margin=-0.1",
+    "eval.tie_margin=.inf",
+    "eval.bootstrap=0",
+]
+
+
+@pytest.mark.parametrize("override", BAD_VALUES)
+def test_out_of_range_values_fail_at_load_naming_the_key(override):
+    key = override.split("=")[0]
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [override])
+    assert f"override '{override}'" in str(e.value) and key in str(e.value), str(e.value)
+
+
+def test_compare_seeds_and_fractions_are_typed():
+    cfg = load_config(None, ["compare.seeds=[3, 4.0]", "compare.data_fractions=[0.5, 1]"])
+    assert cfg.compare.seeds == [3, 4] and all(type(s) is int for s in cfg.compare.seeds)
+    assert cfg.compare.data_fractions == [0.5, 1.0] and all(type(f) is float for f in cfg.compare.data_fractions)
