@@ -104,7 +104,7 @@ class EvalConfig:
     sets: list = field(default_factory=lambda: ["heldout", "mt-bench"])
     """Eval prompt sets: heldout (the run's held-out split), mt-bench (80 first turns), or paths of data files."""
     num_samples: Optional[int] = 32
-    """Prompts per set (first N, fixed order); None = all."""
+    """Prompts per set (first N, fixed order); None or 0 = all."""
     parts: list[EvalPart] = field(
         default_factory=lambda: ["generate", "metrics", "loss", "overfit", "judge", "capability", "exact"]
     )
@@ -230,7 +230,7 @@ class Config:
     save_steps: int = 50
     """Write checkpoint-N/ every N steps; 0 = only the final save."""
     save_total_limit: Optional[int] = 2
-    """Keep only the newest N checkpoints; None = all."""
+    """Keep only the newest N checkpoints; None or 0 = all (like HF's save_total_limit)."""
     resume_from_checkpoint: Optional[str] = None
     """`latest` (the newest complete checkpoint in output_dir), a checkpoint path, or None."""
     report_to: list[ReportSink] = field(default_factory=lambda: ["jsonl", "tensorboard"])

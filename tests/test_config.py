@@ -213,10 +213,22 @@ def test_out_of_range_values_fail_at_load_naming_the_key(override):
     key = override.split("=")[0]
     with pytest.raises(ConfigError) as e:
         load_config(None, [override])
-    assert f"override '{override}'" in str(e.value) and key in str(e.value), str(e.value)
+    prefix = f"override '{override}': "
+    msg = str(e.value)
+    assert msg.startswith(prefix) and key in msg[len(prefix) :], msg  # the key named by the check itself
 
 
 def test_compare_seeds_and_fractions_are_typed():
     cfg = load_config(None, ["compare.seeds=[3, 4.0]", "compare.data_fractions=[0.5, 1]"])
     assert cfg.compare.seeds == [3, 4] and all(type(s) is int for s in cfg.compare.seeds)
     assert cfg.compare.data_fractions == [0.5, 1.0] and all(type(f) is float for f in cfg.compare.data_fractions)
+
+
+def test_help_says_zero_means_all_where_it_does():
+    """eval.num_samples=0 and save_total_limit=0 keep everything (like HF's save_total_limit <= 0)."""
+    from neftune.config import help_text
+
+    lines = help_text().splitlines()
+    for key in ("save_total_limit", "eval.num_samples"):
+        doc = lines[next(i for i, ln in enumerate(lines) if ln.startswith(f"  {key} (")) + 1]
+        assert "0 = all" in doc, (key, doc)
