@@ -281,6 +281,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 def load_config(path: Optional[str] = None, overrides: list[str] = (), base: Optional[Config] = None) -> Config:
     """YAML file (optional) then key=value overrides, validated against the dataclasses."""
     cfg = base if base is not None else Config()
+    lines: dict[str, int] = {}
     if path:
         p = Path(path)
         if not p.is_file():
@@ -293,10 +294,13 @@ def load_config(path: Optional[str] = None, overrides: list[str] = (), base: Opt
             mark = getattr(e, "problem_mark", None)
             line = f":{mark.line + 1}" if mark is not None else ""
             raise ConfigError(f"{path}{line}: invalid YAML: {getattr(e, 'problem', e)}") from None
+        lines = _key_lines(p.read_text(encoding="utf-8"))
         if raw is not None:
-            _apply(cfg, raw, str(path))
+            _apply(cfg, raw, str(path), lines=lines)
+    overridden = []
     for ov in overrides:
         keys, value = parse_override(ov)
+        overridden.append(".".join(keys))
         nested: Any = value
         for k in reversed(keys):
             nested = {k: nested}
@@ -304,9 +308,31 @@ def load_config(path: Optional[str] = None, overrides: list[str] = (), base: Opt
     try:
         validate(cfg)
     except ConfigError as e:
+        key = getattr(e, "key", None)  # set by validate's checks: the key whose value is bad
+        if path and key in lines and not any(key == o or key.startswith(o + ".") for o in overridden):
+            raise ConfigError(f"{path}:{lines[key]}: {e}") from None  # the file's value, not an override's
         src = " + ".join(([str(path)] if path else []) + [f"override '{o}'" for o in overrides]) or "config"
         raise ConfigError(f"{src}: {e}") from None
     return cfg
+
+
+def _key_lines(text: str) -> dict[str, int]:
+    """{dotted key: line} of a YAML file's mapping keys (from the composed nodes' marks), so an error
+    about a key the file set can name its line."""
+    lines: dict[str, int] = {}
+
+    def walk(node, prefix):
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                if isinstance(k, yaml.ScalarNode):
+                    lines[prefix + k.value] = k.start_mark.line + 1
+                    walk(v, f"{prefix}{k.value}.")
+
+    try:
+        walk(yaml.compose(text, Loader=yaml.SafeLoader), "")
+    except yaml.YAMLError:  # a file that loads but will not compose (e.g. several documents): no lines
+        pass
+    return lines
 
 
 def eval_count(eval_size, n_records: int) -> int:

@@ -65,11 +65,11 @@ def _get(cfg, key: str):
     return cfg
 
 
-def need(cond, key: str, text: str) -> None:
-    """Raise a ConfigError "<key> <text>"; the key rides along (e.key) so load_config can add the
+def need(cond, key: str, text: str, sep: str = " ") -> None:
+    """Raise a ConfigError "<key><sep><text>"; the key rides along (e.key) so load_config can add the
     YAML line that set it."""
     if not cond:
-        e = ConfigError(f"{key} {text}")
+        e = ConfigError(f"{key}{sep}{text}")
         e.key = key
         raise e
 
@@ -120,7 +120,11 @@ def validate(cfg: Config) -> None:
     _check_launcher(cfg.compare)
     for i, v in enumerate(cfg.compare.variants):
         need(isinstance(v, dict) and "name" in v, "compare.variants", f"each variant needs a name, got {v!r}")
-        variant_config(cfg, v, where=f"compare.variants[{i}] ({v['name']})")
+        try:
+            variant_config(cfg, v, where=f"compare.variants[{i}] ({v['name']})")
+        except ConfigError as e:
+            e.key = "compare.variants"  # a key inside a variant is not the top-level key of that name
+            raise
 
 
 def _check_launcher(cc: CompareConfig) -> None:
@@ -128,20 +132,28 @@ def _check_launcher(cc: CompareConfig) -> None:
 
     need(cc.workers >= 1, "compare.workers", f"must be >= 1, got {cc.workers}")
     # found, not imported: importing ray costs seconds and it is only needed once the sweep starts
-    if cc.launcher == "ray" and importlib.util.find_spec("ray") is None:
-        raise ConfigError("compare.launcher: ray is not installed; pip install 'neftune[ray]' (or use launcher=serial)")
-    if cc.ray_address is not None and cc.launcher != "ray":
-        raise ConfigError(
-            f"compare.ray_address is set ({cc.ray_address!r}) but compare.launcher is {cc.launcher!r}; "
-            "set compare.launcher=ray to use the cluster"
-        )
+    need(
+        cc.launcher != "ray" or importlib.util.find_spec("ray") is not None,
+        "compare.launcher",
+        "ray is not installed; pip install 'neftune[ray]' (or use launcher=serial)",
+        sep=": ",
+    )
+    need(
+        cc.ray_address is None or cc.launcher == "ray",
+        "compare.ray_address",
+        f"is set ({cc.ray_address!r}) but compare.launcher is {cc.launcher!r}; set compare.launcher=ray to use the cluster",
+    )
 
 
 def _check_scheduler(name: str) -> None:
     from transformers import SchedulerType
 
     allowed = tuple(t.value for t in SchedulerType)
-    _one_of(name, allowed, "lr_scheduler_type")
+    try:
+        _one_of(name, allowed, "lr_scheduler_type")
+    except ConfigError as e:
+        e.key = "lr_scheduler_type"
+        raise
 
 
 def variant_config(cfg: Config, variant: dict, where: Optional[str] = None) -> Config:

@@ -232,3 +232,31 @@ def test_help_says_zero_means_all_where_it_does():
     for key in ("save_total_limit", "eval.num_samples"):
         doc = lines[next(i for i, ln in enumerate(lines) if ln.startswith(f"  {key} (")) + 1]
         assert "0 = all" in doc, (key, doc)
+
+
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ("seed: 1\n\nnope: 1\n", "c.yaml:3: unknown config key 'nope'"),
+        ("seed: 1\ndata:\n  packing: true\n  max_length: abc\n", "c.yaml:4: data.max_length: expected an integer"),
+        ("seed: 1\nlora: 3\n", "c.yaml:2: lora must be a mapping"),
+        ("seed: 1\nlogging_steps: 0\n", "c.yaml:2: logging_steps must be >= 1"),
+        ("eval:\n  judge: none\n  top_p: 2\n", "c.yaml:3: eval.top_p must be in [0, 1]"),
+        ("seed: 1\nlr_scheduler_type: cosin\n", "c.yaml:2: lr_scheduler_type: 'cosin'"),
+        ("compare:\n  seeds: [0]\n  variants:\n    - {name: x, lora: {r: -1}}\n", "c.yaml:3: compare.variants[0] (x)"),
+    ],
+)
+def test_errors_in_a_yaml_file_name_its_line(tmp_path, text, needle):
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load_config(str(p))
+    assert needle in str(e.value), str(e.value)
+
+
+def test_a_bad_override_of_a_file_key_names_the_override_not_the_line(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("seed: 1\nlogging_steps: 1\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(str(p), ["logging_steps=0"])
+    assert "override 'logging_steps=0'" in str(e.value) and "c.yaml:2" not in str(e.value), str(e.value)
