@@ -25,7 +25,12 @@ from .config_typing import (  # noqa: F401  (importable from here)
     field_docs,
     type_name,
 )
-from .config_validate import _check_launcher, _check_scheduler, validate, variant_config  # noqa: F401  (importable from here)
+from .config_validate import (  # noqa: F401  (importable from here)
+    _check_launcher,
+    _check_scheduler,
+    validate,
+    variant_config,
+)
 from .errors import ConfigError
 
 # Closed choices: one Literal each drives coercion, validation, `--help` and `choices()`. To add a
@@ -245,7 +250,7 @@ class Config:
     """Sweep options (`neftune compare`)."""
 
 
-# --------------------------------------------------------------------------- help / load (typing: config_typing.py)
+# ------------------------------------------- help / load (typing: config_typing.py, checks: config_validate.py)
 def help_text(cls=Config, prefix: str = "", only: Optional[set] = None) -> str:
     """Every field as `key (type, default): doc`, nested fields with dotted keys."""
     lines = []

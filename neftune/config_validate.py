@@ -1,5 +1,5 @@
-"""Cross-value checks of the typed config (neftune/config.py): validate() runs at load time, so a bad
-value fails naming its key before any model loads; variant_config() applies and checks one compare
+"""Checks of the typed config (neftune/config.py): every numeric key's bounds and checks across values.
+validate() runs at load time, so a bad value fails naming its key (and YAML line) before any model loads; variant_config() applies and checks one compare
 variant. Type and closed-choice checks happen earlier, when a value is set (config_typing._coerce)."""
 
 from __future__ import annotations
@@ -141,7 +141,8 @@ def _check_launcher(cc: CompareConfig) -> None:
     need(
         cc.ray_address is None or cc.launcher == "ray",
         "compare.ray_address",
-        f"is set ({cc.ray_address!r}) but compare.launcher is {cc.launcher!r}; set compare.launcher=ray to use the cluster",
+        f"is set ({cc.ray_address!r}) but compare.launcher is {cc.launcher!r}; "
+        "set compare.launcher=ray to use the cluster",
     )
 
 
