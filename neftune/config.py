@@ -8,7 +8,6 @@ every output.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import typing
 from dataclasses import dataclass, field
@@ -25,6 +24,12 @@ from .config_typing import (  # noqa: F401  (importable from here)
     choices,
     field_docs,
     type_name,
+)
+from .config_validate import (  # noqa: F401  (importable from here)
+    _check_launcher,
+    _check_scheduler,
+    validate,
+    variant_config,
 )
 from .errors import ConfigError
 
@@ -104,7 +109,7 @@ class EvalConfig:
     sets: list = field(default_factory=lambda: ["heldout", "mt-bench"])
     """Eval prompt sets: heldout (the run's held-out split), mt-bench (80 first turns), or paths of data files."""
     num_samples: Optional[int] = 32
-    """Prompts per set (first N, fixed order); None = all."""
+    """Prompts per set (first N, fixed order); None or 0 = all."""
     parts: list[EvalPart] = field(
         default_factory=lambda: ["generate", "metrics", "loss", "overfit", "judge", "capability", "exact"]
     )
@@ -165,9 +170,9 @@ class CompareConfig:
         ]
     )
     """NEFTune variants trained beside the alpha=0 baseline: each a dict of config overrides plus a `name`."""
-    seeds: list = field(default_factory=lambda: [0, 1])
+    seeds: list[int] = field(default_factory=lambda: [0, 1])
     """Training seeds; every variant is judged against the baseline of the same seed."""
-    data_fractions: list = field(default_factory=list)
+    data_fractions: list[float] = field(default_factory=list)
     """Extra data-size study: fractions of the training data (e.g. [0.25, 0.5]) for the baseline, the chosen variant
     and the best regularizer baseline (alpha-0 variant); [] = off."""
     select_by: SelectMetric = "lc_win_rate"
@@ -230,7 +235,7 @@ class Config:
     save_steps: int = 50
     """Write checkpoint-N/ every N steps; 0 = only the final save."""
     save_total_limit: Optional[int] = 2
-    """Keep only the newest N checkpoints; None = all."""
+    """Keep only the newest N checkpoints; None or 0 = all (like HF's save_total_limit)."""
     resume_from_checkpoint: Optional[str] = None
     """`latest` (the newest complete checkpoint in output_dir), a checkpoint path, or None."""
     report_to: list[ReportSink] = field(default_factory=lambda: ["jsonl", "tensorboard"])
@@ -245,7 +250,7 @@ class Config:
     """Sweep options (`neftune compare`)."""
 
 
-# --------------------------------------------------------------------------- help / load (typing: config_typing.py)
+# ------------------------------------------- help / load (typing: config_typing.py, checks: config_validate.py)
 def help_text(cls=Config, prefix: str = "", only: Optional[set] = None) -> str:
     """Every field as `key (type, default): doc`, nested fields with dotted keys."""
     lines = []
@@ -281,6 +286,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 def load_config(path: Optional[str] = None, overrides: list[str] = (), base: Optional[Config] = None) -> Config:
     """YAML file (optional) then key=value overrides, validated against the dataclasses."""
     cfg = base if base is not None else Config()
+    lines: dict[str, int] = {}
     if path:
         p = Path(path)
         if not p.is_file():
@@ -293,10 +299,13 @@ def load_config(path: Optional[str] = None, overrides: list[str] = (), base: Opt
             mark = getattr(e, "problem_mark", None)
             line = f":{mark.line + 1}" if mark is not None else ""
             raise ConfigError(f"{path}{line}: invalid YAML: {getattr(e, 'problem', e)}") from None
+        lines = _key_lines(p.read_text(encoding="utf-8"))
         if raw is not None:
-            _apply(cfg, raw, str(path))
+            _apply(cfg, raw, str(path), lines=lines)
+    overridden = []
     for ov in overrides:
         keys, value = parse_override(ov)
+        overridden.append(".".join(keys))
         nested: Any = value
         for k in reversed(keys):
             nested = {k: nested}
@@ -304,76 +313,31 @@ def load_config(path: Optional[str] = None, overrides: list[str] = (), base: Opt
     try:
         validate(cfg)
     except ConfigError as e:
+        key = getattr(e, "key", None)  # set by validate's checks: the key whose value is bad
+        if path and key in lines and not any(key == o or key.startswith(o + ".") for o in overridden):
+            raise ConfigError(f"{path}:{lines[key]}: {e}") from None  # the file's value, not an override's
         src = " + ".join(([str(path)] if path else []) + [f"override '{o}'" for o in overrides]) or "config"
         raise ConfigError(f"{src}: {e}") from None
     return cfg
 
 
-def validate(cfg: Config) -> None:
-    """Checks across values (closed choices are checked by their Literal types when set). Each variant
-    of compare.variants is applied to a copy and validated too, so a typo fails before any training."""
+def _key_lines(text: str) -> dict[str, int]:
+    """{dotted key: line} of a YAML file's mapping keys (from the composed nodes' marks), so an error
+    about a key the file set can name its line."""
+    lines: dict[str, int] = {}
 
-    def need(cond, msg):
-        if not cond:
-            raise ConfigError(msg)
+    def walk(node, prefix):
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                if isinstance(k, yaml.ScalarNode):
+                    lines[prefix + k.value] = k.start_mark.line + 1
+                    walk(v, f"{prefix}{k.value}.")
 
-    need(
-        cfg.neftune_noise_alpha >= 0 and cfg.neftune_noise_alpha == cfg.neftune_noise_alpha,
-        f"neftune_noise_alpha must be a finite number >= 0, got {cfg.neftune_noise_alpha}",
-    )
-    need(cfg.r3f_lambda >= 0, f"r3f_lambda must be >= 0, got {cfg.r3f_lambda}")
-    need(0 <= cfg.model_dropout < 1, f"model_dropout must be in [0, 1), got {cfg.model_dropout}")
-    need(cfg.learning_rate > 0, f"learning_rate must be > 0, got {cfg.learning_rate}")
-    need(cfg.per_device_train_batch_size >= 1, "per_device_train_batch_size must be >= 1")
-    need(cfg.gradient_accumulation_steps >= 1, "gradient_accumulation_steps must be >= 1")
-    need(cfg.data.max_length >= 8, f"data.max_length must be >= 8, got {cfg.data.max_length}")
-    es = cfg.data.eval_size
-    need(
-        es is None or (isinstance(es, int) and es >= 1) or (isinstance(es, float) and 0 < es < 1),
-        f"data.eval_size must be a count >= 1, a fraction in (0, 1) or null (auto), got {es!r}",
-    )
-    need(cfg.lora.r >= 0, "lora.r must be >= 0")
-    _check_scheduler(cfg.lr_scheduler_type)
-    _check_launcher(cfg.compare)
-    for i, v in enumerate(cfg.compare.variants):
-        need(isinstance(v, dict) and "name" in v, f"compare.variants: each variant needs a name, got {v!r}")
-        variant_config(cfg, v, where=f"compare.variants[{i}] ({v['name']})")
-
-
-def _check_launcher(cc: CompareConfig) -> None:
-    import importlib.util
-
-    if cc.workers < 1:
-        raise ConfigError(f"compare.workers must be >= 1, got {cc.workers}")
-    # found, not imported: importing ray costs seconds and it is only needed once the sweep starts
-    if cc.launcher == "ray" and importlib.util.find_spec("ray") is None:
-        raise ConfigError("compare.launcher: ray is not installed; pip install 'neftune[ray]' (or use launcher=serial)")
-    if cc.ray_address is not None and cc.launcher != "ray":
-        raise ConfigError(
-            f"compare.ray_address is set ({cc.ray_address!r}) but compare.launcher is {cc.launcher!r}; "
-            "set compare.launcher=ray to use the cluster"
-        )
-
-
-def _check_scheduler(name: str) -> None:
-    from transformers import SchedulerType
-
-    allowed = tuple(t.value for t in SchedulerType)
-    _one_of(name, allowed, "lr_scheduler_type")
-
-
-def variant_config(cfg: Config, variant: dict, where: Optional[str] = None) -> Config:
-    """A copy of `cfg` with one compare variant's overrides (every key but `name`, nested keys as
-    mappings: {name: x, data: {packing: true}}) applied and validated."""
-    rc = copy.deepcopy(cfg)
-    rc.compare.variants = []  # a variant config is one run, not a sweep
-    where = where or f"compare.variants[{variant.get('name')}]"
-    _apply(rc, {k: v for k, v in variant.items() if k != "name"}, where)
     try:
-        validate(rc)
-    except ConfigError as e:
-        raise ConfigError(f"{where}: {e}") from None
-    return rc
+        walk(yaml.compose(text, Loader=yaml.SafeLoader), "")
+    except yaml.YAMLError:  # a file that loads but will not compose (e.g. several documents): no lines
+        pass
+    return lines
 
 
 def eval_count(eval_size, n_records: int) -> int:

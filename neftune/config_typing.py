@@ -12,7 +12,7 @@ import difflib
 import inspect
 import textwrap
 import typing
-from typing import Any, Literal, Union
+from typing import Any, Literal, Optional, Union
 
 from .errors import ConfigError
 
@@ -119,9 +119,16 @@ def _coerce(value: Any, tp, key: str):
     return value
 
 
-def _apply(obj, mapping: dict, where: str, prefix: str = ""):
+def _apply(obj, mapping: dict, where: str, prefix: str = "", lines: Optional[dict] = None):
+    """Set the keys of a nested mapping on the dataclass `obj`, coerced to their types. `lines`
+    ({dotted key: line}, a YAML file's) puts the line that set a bad key into the error: `file:3: ...`."""
+
+    def at(key: str) -> str:
+        return f"{where}:{lines[key]}" if lines and key in lines else where
+
     if not isinstance(mapping, dict):
-        raise ConfigError(f"{where}: {prefix or 'config'} must be a mapping, got {type(mapping).__name__}")
+        section = prefix.rstrip(".") or "config"  # prefix is the dotted path so far: "data." -> "data"
+        raise ConfigError(f"{at(section)}: {section} must be a mapping, got {type(mapping).__name__}")
     hints = typing.get_type_hints(type(obj))
     names = [f.name for f in dataclasses.fields(obj)]
     for key, value in mapping.items():
@@ -129,9 +136,9 @@ def _apply(obj, mapping: dict, where: str, prefix: str = ""):
         if not isinstance(key, str) or key not in names:
             close = difflib.get_close_matches(str(key), names, n=1)
             hint = f"; did you mean '{prefix}{close[0]}'?" if close else ""
-            raise ConfigError(f"{where}: unknown config key '{full}'{hint}")
+            raise ConfigError(f"{at(full)}: unknown config key '{full}'{hint}")
         tp = hints[key]
         if _is_dc(tp):
-            _apply(getattr(obj, key), value if value is not None else {}, where, prefix=f"{full}.")
+            _apply(getattr(obj, key), value if value is not None else {}, where, prefix=f"{full}.", lines=lines)
         else:
-            setattr(obj, key, _coerce(value, tp, f"{where}: {full}"))
+            setattr(obj, key, _coerce(value, tp, f"{at(full)}: {full}"))

@@ -150,3 +150,113 @@ def test_sweep_long_extends_the_demo_so_its_runs_are_reused():
         assert training_identity(variant_config(demo, v)) == training_identity(variant_config(long, by_name[v["name"]]))
     assert training_identity(demo) == training_identity(long)  # the baseline's config (alpha is overridden by compare)
     assert to_dict(demo.eval) == to_dict(long.eval)
+
+
+@pytest.mark.parametrize(
+    "override, needle", [("data=3", "data must be a mapping"), ("eval=[1]", "eval must be a mapping")]
+)
+def test_a_section_that_is_not_a_mapping_is_named_without_a_trailing_dot(override, needle):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [override])
+    assert needle in str(e.value), str(e.value)
+
+
+# Each of these used to load and then crash (or silently misbehave) mid-run: a ZeroDivisionError after
+# the first step, a ValueError from noise.py after the model loaded, a negative slice dropping prompts...
+BAD_VALUES = [
+    "logging_steps=0",
+    "neftune_noise_alpha=.inf",
+    "compare.seeds=[a]",
+    "compare.seeds=[-1]",
+    "seed=-1",
+    "seed=4294967296",
+    "compare.data_fractions=[abc]",
+    "compare.data_fractions=[1.5]",
+    "compare.data_fractions=[0]",
+    "eval.max_new_tokens=0",
+    "eval.batch_size=0",
+    "num_train_epochs=0",
+    "num_train_epochs=.nan",
+    "max_steps=0",
+    "learning_rate=.inf",
+    "r3f_lambda=.inf",
+    "weight_decay=-0.1",
+    "weight_decay=.nan",
+    "warmup_ratio=1.5",
+    "max_grad_norm=-1",
+    "max_grad_norm=.inf",
+    "save_steps=-1",
+    "clean_loss_steps=-1",
+    "save_total_limit=-1",
+    "data.num_train_samples=0",
+    "data.sharegpt_size=0",
+    "lora.alpha=0",
+    "lora.dropout=1",
+    "eval.num_samples=-1",
+    "eval.overfit_samples=-1",
+    "eval.train_loss_samples=-1",
+    "eval.exact_samples=-1",
+    "eval.capability_samples=-1",
+    "eval.temperature=0",
+    "eval.top_p=1.5",
+    "eval.repetition_penalty=0",
+    "eval.judge_max_retries=-1",
+    "eval.judge_timeout=0",
+    "eval.tie_margin=-0.1",
+    "eval.tie_margin=.inf",
+    "eval.bootstrap=0",
+]
+
+
+@pytest.mark.parametrize("override", BAD_VALUES)
+def test_out_of_range_values_fail_at_load_naming_the_key(override):
+    key = override.split("=")[0]
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [override])
+    prefix = f"override '{override}': "
+    msg = str(e.value)
+    assert msg.startswith(prefix) and key in msg[len(prefix) :], msg  # the key named by the check itself
+
+
+def test_compare_seeds_and_fractions_are_typed():
+    cfg = load_config(None, ["compare.seeds=[3, 4.0]", "compare.data_fractions=[0.5, 1]"])
+    assert cfg.compare.seeds == [3, 4] and all(type(s) is int for s in cfg.compare.seeds)
+    assert cfg.compare.data_fractions == [0.5, 1.0] and all(type(f) is float for f in cfg.compare.data_fractions)
+
+
+def test_help_says_zero_means_all_where_it_does():
+    """eval.num_samples=0 and save_total_limit=0 keep everything (like HF's save_total_limit <= 0)."""
+    from neftune.config import help_text
+
+    lines = help_text().splitlines()
+    for key in ("save_total_limit", "eval.num_samples"):
+        doc = lines[next(i for i, ln in enumerate(lines) if ln.startswith(f"  {key} (")) + 1]
+        assert "0 = all" in doc, (key, doc)
+
+
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ("seed: 1\n\nnope: 1\n", "c.yaml:3: unknown config key 'nope'"),
+        ("seed: 1\ndata:\n  packing: true\n  max_length: abc\n", "c.yaml:4: data.max_length: expected an integer"),
+        ("seed: 1\nlora: 3\n", "c.yaml:2: lora must be a mapping"),
+        ("seed: 1\nlogging_steps: 0\n", "c.yaml:2: logging_steps must be >= 1"),
+        ("eval:\n  judge: none\n  top_p: 2\n", "c.yaml:3: eval.top_p must be in [0, 1]"),
+        ("seed: 1\nlr_scheduler_type: cosin\n", "c.yaml:2: lr_scheduler_type: 'cosin'"),
+        ("compare:\n  seeds: [0]\n  variants:\n    - {name: x, lora: {r: -1}}\n", "c.yaml:3: compare.variants[0] (x)"),
+    ],
+)
+def test_errors_in_a_yaml_file_name_its_line(tmp_path, text, needle):
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load_config(str(p))
+    assert needle in str(e.value), str(e.value)
+
+
+def test_a_bad_override_of_a_file_key_names_the_override_not_the_line(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("seed: 1\nlogging_steps: 1\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(str(p), ["logging_steps=0"])
+    assert "override 'logging_steps=0'" in str(e.value) and "c.yaml:2" not in str(e.value), str(e.value)
