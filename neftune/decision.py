@@ -91,7 +91,7 @@ def decide_variant(runs: paired.Runs, rows: list[dict], cfg, sets: list[str], ma
     }
     n_seeds = len(cfg.compare.seeds)
     if spec["items"] == "runs" and n_seeds < MIN_SEEDS_PER_RUN:
-        return _too_few(variants, base, spec, key, n_seeds, higher, by)
+        return _too_few(variants, base, spec, key, n_seeds, higher, cfg.compare.select_by)
     d = stats.decide(
         variants,
         base,
@@ -129,7 +129,7 @@ def decide_variant(runs: paired.Runs, rows: list[dict], cfg, sets: list[str], ma
     return out
 
 
-def _too_few(variants: dict, base, spec: dict, key: str, n_seeds: int, higher: bool, by: dict) -> dict:
+def _too_few(variants: dict, base, spec: dict, key: str, n_seeds: int, higher: bool, select_by: str) -> dict:
     """Per-run data only, and too few seeds for an interval: no claim, and the point ranking for the data study."""
     diff = {
         n: stats.per_run_difference(
@@ -151,7 +151,7 @@ def _too_few(variants: dict, base, spec: dict, key: str, n_seeds: int, higher: b
         "metric": spec["label"],
         "metric_key": key,
         "rule": "no interval",
-        "select_by": key,
+        "select_by": select_by,
         "better": "higher" if higher else "lower",
         "ranked": ranked,
         "worse": [],

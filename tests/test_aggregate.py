@@ -133,6 +133,9 @@ def test_per_run_fallback_with_one_seed_claims_nothing(tmp_path):
     sel = aggregate(tmp_path, cfg, n_boot=B)["selection"]
     assert sel["chosen"] is None and "too few for an interval" in sel["statement"]
     assert sel["ranked"] == ["alpha5"]
+    # select_by is the user's setting (as decide_variant reports it), the metric key is separate
+    assert sel["select_by"] == cfg.compare.select_by == "lc_win_rate"
+    assert sel["metric_key"] == "heldout.lc_win_rate"
 
 
 def test_judge_without_margins_decides_on_verdicts(tmp_path):
