@@ -13,6 +13,7 @@ import math
 from pathlib import Path
 
 from . import rundir, stats
+from .errors import DataError
 
 BASES = ("reference", "llm", "prompt-proxy")
 # item metric -> (label, where the items live, value field, better direction, item noun, decision target).
@@ -70,11 +71,22 @@ def _num(v):
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
 
 
-def item_map(res: dict, path: list, field: str, basis: str | None = None) -> dict | None:
-    """{id: value} of one per-item list (None when the run has no such items)."""
+def item_map(res: dict, path: list, field: str, basis: str | None = None, where="results.json") -> dict | None:
+    """{id: value} of one per-item list (None when the run has no such items). A repeated id is a
+    DataError naming `where` (the results file): keeping one of its values would pair the wrong items."""
     items = _dig(res, path)
     if not isinstance(items, dict) or not isinstance(items.get("id"), list) or field not in items:
         return None
+    first: dict = {}
+    for i, k in enumerate(map(str, items["id"])):
+        if k in first:
+            raise DataError(
+                where,
+                None,
+                "duplicate_id",
+                f"id {k!r} appears twice in {'.'.join(path)} (items {first[k]} and {i}); ids must be unique",
+            )
+        first[k] = i
     vals = items[field]
     keep = items.get("basis") if basis is not None else None
     out = {}
@@ -113,7 +125,10 @@ class Runs:
         }
 
     def maps(self, name: str, path: list, field: str, basis: str | None = None) -> dict:
-        return {s: item_map(self.res[(name, s)], path, field, basis) for s in self.rows[name]["seeds"]}
+        return {
+            s: item_map(self.res[(name, s)], path, field, basis, where=rundir.results_path(self.sweep / d))
+            for s, d in zip(self.rows[name]["seeds"], self.rows[name]["runs"])
+        }
 
     def last_epoch(self) -> int | None:
         eps = [max(c) for (n, _), c in self.clean.items() if n == "baseline" and c]

@@ -148,3 +148,17 @@ def test_judge_without_margins_decides_on_verdicts(tmp_path):
         res_path.write_text(json.dumps(res))
     sel = aggregate(tmp_path, cfg, n_boot=B)["selection"]
     assert sel["metric_key"] == "heldout.win_rate.reference" and sel["chosen"] == "alpha5"
+
+
+def test_item_map_refuses_a_repeated_id():
+    """A repeated id would keep only its last value and pair the wrong items: refused, not overwritten."""
+    from neftune.errors import DataError
+    from neftune.paired import item_map
+
+    res = {"heldout": {"items": {"id": ["a", "b", "a"], "nll": [1.0, 2.0, 3.0]}}}
+    with pytest.raises(DataError, match=r"^runs/x/eval/results.json: duplicate_id \(id 'a' appears twice in "):
+        item_map(res, ["heldout", "items"], "nll", where="runs/x/eval/results.json")
+    assert item_map({"heldout": {"items": {"id": ["a", "b"], "nll": [1.0, 2.0]}}}, ["heldout", "items"], "nll") == {
+        "a": 1.0,
+        "b": 2.0,
+    }
