@@ -21,7 +21,8 @@ def test_equal_variants_are_not_distinguishable(tmp_path):
         "difference this design can detect (80% power, 5% level) is "
     )
     assert "would take about" in sel["statement"] and sel["design"]["seeds"] >= 2 and sel["mde"] > 0
-    assert "beats" not in sel["statement"] and sel["metric_key"] == "heldout.margin.reference"  # continuous scores
+    # the default select_by lc_win_rate: length-adjusted verdicts (tests/test_decision.py)
+    assert "beats" not in sel["statement"] and sel["metric_key"] == "heldout.lc_win_rate.reference"
     # nothing was chosen: the margin sentence names the best point estimate as such, not as a winner
     top, ru = sel["ranked"][:2]
     assert f"Best point estimate {top}, runner-up {ru}: {top} − {ru} = " in sel["statement"]
@@ -41,7 +42,7 @@ def test_planted_effect_names_the_variant_and_every_metric_moves(tmp_path):
     cfg = make_sweep(tmp_path, {"alpha5": 1.0, "alpha10": 0.0})
     table = aggregate(tmp_path, cfg, n_boot=B)
     sel = table["selection"]
-    assert sel["chosen"] == "alpha5" and sel["statement"].startswith("alpha5 beats the baseline on judge margin")
+    assert sel["chosen"] == "alpha5" and sel["statement"].startswith("alpha5 beats the baseline on LC win rate − 50")
     assert sel["runner_up"] == "alpha10" and sel["runner_up_distinguishable"] is True
     assert "Runner-up alpha10" in sel["statement"] and sel["runner_up_margin"]["ci"][0] > 0
     p = {r["name"]: r["paired"] for r in table["rows"]}
@@ -138,9 +139,19 @@ def test_per_run_fallback_with_one_seed_claims_nothing(tmp_path):
     assert sel["metric_key"] == "heldout.lc_win_rate"
 
 
+def test_win_rate_decides_on_the_judge_margin(tmp_path):
+    """select_by win_rate: the judge's continuous margin where it has one (more power than verdicts)."""
+    cfg = make_sweep(tmp_path, {"alpha5": 1.0})
+    cfg.compare.select_by = "win_rate"
+    sel = aggregate(tmp_path, cfg, n_boot=B)["selection"]
+    assert sel["metric_key"] == "heldout.margin.reference" and sel["chosen"] == "alpha5"
+    assert sel["statement"].startswith("alpha5 beats the baseline on judge margin")
+
+
 def test_judge_without_margins_decides_on_verdicts(tmp_path):
     """An LLM judge has no continuous margin (all null): the decision falls back to its verdicts."""
     cfg = make_sweep(tmp_path, {"alpha5": 1.0})
+    cfg.compare.select_by = "win_rate"
     for res_path in tmp_path.glob("runs/alpha5-*/eval/results.json"):
         res = json.loads(res_path.read_text())
         items = res["sets"]["heldout"]["judge"]["items"]
