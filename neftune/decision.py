@@ -135,8 +135,8 @@ def decide_variant(runs: paired.Runs, rows: list[dict], cfg, sets: list[str], ma
         },
     )
     out["length_controlled"] = ".lc_win_rate." in key or key.endswith("lc_win_rate")
-    if cfg.compare.select_by == "lc_win_rate" and not out["length_controlled"]:
-        what = "margin" if ".margin." in key else "verdicts (win rate)" if ".win_rate." in key else key
+    if cfg.compare.select_by == "lc_win_rate" and (".margin." in key or ".win_rate." in key):
+        what = "margin" if ".margin." in key else "verdicts (win rate)"
         out["statement"] += " " + NOT_LC.format(what=what, main=main)
     if out["chosen"]:
         out.update(alpha=by[out["chosen"]]["alpha"], distribution=by[out["chosen"]]["distribution"])
@@ -169,6 +169,7 @@ def _too_few(variants: dict, base, spec: dict, key: str, n_seeds: int, higher: b
         "metric_key": key,
         "rule": "no interval",
         "select_by": select_by,
+        "length_controlled": key.endswith("lc_win_rate"),
         "better": "higher" if higher else "lower",
         "ranked": ranked,
         "worse": [],
