@@ -73,6 +73,12 @@ def _check_same_training(rc: Config, run_dir: Path):
 
 
 # ----------------------------------------------------------------------------- progress and time
+def grid_jobs(n_variants: int, n_seeds: int) -> int:
+    """Progress lines of one run_grid (baseline included in n_variants): every run trains and generates,
+    every variant but the baseline is judged."""
+    return n_seeds * (2 * n_variants + (n_variants - 1))
+
+
 class _Progress:
     def __init__(self, total: int):
         self.i, self.total = 0, total
@@ -234,8 +240,8 @@ def compare(cfg: Config) -> dict:
     variants, seeds, fractions = variants_of(cfg), [int(s) for s in cfg.compare.seeds], fractions_of(cfg)
     _check_sweep(cfg, variants, seeds)
     rundir.write_config(sweep, cfg)
-    n_var = len(variants) - 1
-    prog = _Progress(len(seeds) * ((2 * len(variants) + n_var) + len(fractions) * 8))
+    # the data-size study's variants are known only after the first report, so its jobs join the total then
+    prog = _Progress(grid_jobs(len(variants), len(seeds)))
     with clock("conversion"):
         _convert_assets(cfg, variants)
 
@@ -247,6 +253,7 @@ def compare(cfg: Config) -> dict:
     if fractions and main["data_study"]:
         # the chosen variant (or the best noise variant when none is distinguishable) and the best regularizer
         study = [v for v in variants if v["name"] in main["data_study"]]
+        prog.total += len(fractions) * grid_jobs(1 + len(study), len(seeds))
         n_train = main["rows"][0]["n_train"]  # the split is seed-independent: every full run has the same n_train
         for f in fractions:
             launched += run_grid(cfg, [variants[0], *study], seeds, prog, clock, fraction=f, n_train=n_train)

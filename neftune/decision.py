@@ -1,8 +1,10 @@
 """The selection of `neftune compare`: one sentence that follows from paired intervals (neftune.stats.decide).
 
-`compare.select_by` (a table metric name) picks the per-item metric the decision runs on: the judge's
-continuous margin where the judge has one, else its verdicts (win-rate points against 50), both on the
-headline basis only (reference, else llm, else prompt-proxy); held-out per-example NLL for heldout_loss;
+`compare.select_by` (a table metric name) picks the per-item metric the decision runs on, on the judge's
+headline basis only (reference, else llm, else prompt-proxy): for lc_win_rate the length-adjusted verdicts
+(paired.lc_adjusted: each run's mean is its LC win rate; without per-item answer lengths the raw metric
+below, and the sentence says so); for win_rate the judge's continuous margin where the judge has one, else
+its verdicts (win-rate points against 50); held-out per-example NLL for heldout_loss;
 the step-paired clean loss of the last epoch for train_loss/clean_loss; and so on. When a sweep has no
 per-item data for it (results written before the per-item contract), the per-run values are used, one
 item per seed, and the sentence says so.
@@ -29,13 +31,24 @@ UNITS = {"heldout_nll": "nats", "clean_loss_last_epoch": "nats", "overlap_bleu":
 
 
 def _candidates(select_by: str, runs: paired.Runs, main: str) -> list[str]:
-    if select_by in ("win_rate", "lc_win_rate"):
-        return [f"{main}.{k}.{b}" for b in runs.judge_bases(main) for k in ("margin", "win_rate")]
+    bases = runs.judge_bases(main)
+    raw = [f"{main}.{k}.{b}" for b in bases for k in ("margin", "win_rate")]
+    if select_by == "lc_win_rate":  # length-adjusted verdicts; raw only when no run has answer lengths
+        return [f"{main}.lc_win_rate.{b}" for b in bases] + raw
+    if select_by == "win_rate":
+        return raw
     return [SELECT_ITEMS[select_by].format(main=main)] if select_by in SELECT_ITEMS else []
 
 
+# select_by lc_win_rate decided on a raw judge metric: said in the statement, with the reason
+NOT_LC = (
+    "Decided on the raw judge {what}, not length-controlled: select_by is lc_win_rate, but the runs' results "
+    "have no per-item answer lengths (sets.{main}.items.chars) to adjust the verdicts by."
+)
+
+
 def _unit(key: str) -> str:
-    if ".win_rate." in key:
+    if ".win_rate." in key or ".lc_win_rate." in key:
         return "points"
     return UNITS.get(key) or (
         "similarity"
@@ -91,7 +104,7 @@ def decide_variant(runs: paired.Runs, rows: list[dict], cfg, sets: list[str], ma
     }
     n_seeds = len(cfg.compare.seeds)
     if spec["items"] == "runs" and n_seeds < MIN_SEEDS_PER_RUN:
-        return _too_few(variants, base, spec, key, n_seeds, higher, by)
+        return _too_few(variants, base, spec, key, n_seeds, higher, cfg.compare.select_by)
     d = stats.decide(
         variants,
         base,
@@ -121,6 +134,10 @@ def decide_variant(runs: paired.Runs, rows: list[dict], cfg, sets: list[str], ma
             for n, r in d["results"].items()
         },
     )
+    out["length_controlled"] = ".lc_win_rate." in key or key.endswith("lc_win_rate")
+    if cfg.compare.select_by == "lc_win_rate" and (".margin." in key or ".win_rate." in key):
+        what = "margin" if ".margin." in key else "verdicts (win rate)"
+        out["statement"] += " " + NOT_LC.format(what=what, main=main)
     if out["chosen"]:
         out.update(alpha=by[out["chosen"]]["alpha"], distribution=by[out["chosen"]]["distribution"])
     out.update(_runner_up(variants, ranked, n_boot, spec["items"], out["chosen"]))
@@ -129,7 +146,7 @@ def decide_variant(runs: paired.Runs, rows: list[dict], cfg, sets: list[str], ma
     return out
 
 
-def _too_few(variants: dict, base, spec: dict, key: str, n_seeds: int, higher: bool, by: dict) -> dict:
+def _too_few(variants: dict, base, spec: dict, key: str, n_seeds: int, higher: bool, select_by: str) -> dict:
     """Per-run data only, and too few seeds for an interval: no claim, and the point ranking for the data study."""
     diff = {
         n: stats.per_run_difference(
@@ -151,7 +168,8 @@ def _too_few(variants: dict, base, spec: dict, key: str, n_seeds: int, higher: b
         "metric": spec["label"],
         "metric_key": key,
         "rule": "no interval",
-        "select_by": key,
+        "select_by": select_by,
+        "length_controlled": key.endswith("lc_win_rate"),
         "better": "higher" if higher else "lower",
         "ranked": ranked,
         "worse": [],

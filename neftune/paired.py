@@ -13,6 +13,7 @@ import math
 from pathlib import Path
 
 from . import rundir, stats
+from .errors import DataError
 
 BASES = ("reference", "llm", "prompt-proxy")
 # item metric -> (label, where the items live, value field, better direction, item noun, decision target).
@@ -57,6 +58,7 @@ JUDGE_ITEMS = {
     "win_rate": ("win rate − 50 (points)", "verdict", "higher", 50.0, 5.0),
     "margin": ("judge margin (similarity, variant − baseline)", "margin", "higher", 0.0, 0.05),
 }
+LC_LABEL = "LC win rate − 50 (points; {set}, {basis} verdicts length-adjusted by each run's LC fit, held fixed)"
 
 
 # ----------------------------------------------------------------------------- reading
@@ -70,11 +72,22 @@ def _num(v):
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
 
 
-def item_map(res: dict, path: list, field: str, basis: str | None = None) -> dict | None:
-    """{id: value} of one per-item list (None when the run has no such items)."""
+def item_map(res: dict, path: list, field: str, basis: str | None = None, where="results.json") -> dict | None:
+    """{id: value} of one per-item list (None when the run has no such items). A repeated id is a
+    DataError naming `where` (the results file): keeping one of its values would pair the wrong items."""
     items = _dig(res, path)
     if not isinstance(items, dict) or not isinstance(items.get("id"), list) or field not in items:
         return None
+    first: dict = {}
+    for i, k in enumerate(map(str, items["id"])):
+        if k in first:
+            raise DataError(
+                where,
+                None,
+                "duplicate_id",
+                f"id {k!r} appears twice in {'.'.join(path)} (items {first[k]} and {i}); ids must be unique",
+            )
+        first[k] = i
     vals = items[field]
     keep = items.get("basis") if basis is not None else None
     out = {}
@@ -82,6 +95,39 @@ def item_map(res: dict, path: list, field: str, basis: str | None = None) -> dic
         if keep is not None and (i >= len(keep) or keep[i] != basis):
             continue
         out[str(k)] = None if v is None else _num(v)
+    return out
+
+
+def lc_adjusted(verdicts: dict | None, len_a: dict | None, len_b: dict | None) -> dict | None:
+    """{id: length-adjusted verdict} of one run: the verdict minus what the run's LC fit (neftune.evaluation.
+    winrate, the same GLM and sigma as its lc_win_rate) attributes to the item's length difference,
+    y - (sigmoid(b0 + phi*x) - sigmoid(b0)). b0 is unpenalised, so the mean over the fitted items is exactly
+    sigmoid(b0), the run's LC win rate: a per-item score the paired bootstrap can resample. The fit is not
+    redone per resample, so the interval leaves out the uncertainty of phi. None per item without a
+    verdict or either answer length (and for every item when a side has no lengths at all)."""
+    if verdicts is None:
+        return None
+    if not len_a or not len_b:
+        return {k: None for k in verdicts}
+    import numpy as np
+
+    from .evaluation.winrate import _sigmoid, fit_length_controlled
+
+    # sorted: the fit's float sums must not depend on the order a results file lists its items in
+    ids = sorted(
+        k for k, v in verdicts.items() if v is not None and len_a.get(k) is not None and len_b.get(k) is not None
+    )
+    out = dict.fromkeys(verdicts)
+    if not ids:
+        return out
+    y = np.array([verdicts[k] for k in ids])
+    delta = np.array([len_a[k] - len_b[k] for k in ids])
+    sigma = float(delta.std(ddof=1)) if len(ids) > 1 else 0.0
+    if sigma > 0:
+        x = np.tanh(delta / sigma)
+        b0, phi = fit_length_controlled(y[None, :], x[None, :])[0]
+        y = y - (_sigmoid(b0 + phi * x) - _sigmoid(b0))
+    out.update(zip(ids, map(float, y)))
     return out
 
 
@@ -113,7 +159,18 @@ class Runs:
         }
 
     def maps(self, name: str, path: list, field: str, basis: str | None = None) -> dict:
-        return {s: item_map(self.res[(name, s)], path, field, basis) for s in self.rows[name]["seeds"]}
+        return {
+            s: item_map(self.res[(name, s)], path, field, basis, where=rundir.results_path(self.sweep / d))
+            for s, d in zip(self.rows[name]["seeds"], self.rows[name]["runs"])
+        }
+
+    def lc_maps(self, name: str, set_name: str, basis: str) -> dict:
+        """{seed: {id: length-adjusted verdict}}: the verdicts of `basis`, the lengths of this run's and the
+        same-seed baseline's answers (their results.json, sets.<set>.items.chars)."""
+        verdicts = self.maps(name, ["sets", set_name, "judge", "items"], "verdict", basis)
+        mine = self.maps(name, ["sets", set_name, "items"], "chars")
+        base = self.maps("baseline", ["sets", set_name, "items"], "chars") if "baseline" in self.rows else {}
+        return {s: lc_adjusted(verdicts[s], mine[s], base.get(s)) for s in verdicts}
 
     def last_epoch(self) -> int | None:
         eps = [max(c) for (n, _), c in self.clean.items() if n == "baseline" and c]
@@ -177,6 +234,15 @@ def item_specs(runs: Runs, sets: list[str]) -> dict:
                     "scale": scale,
                     "load": (lambda n, s=s, f=field, b=b: runs.maps(n, ["sets", s, "judge", "items"], f, b)),
                 }
+            specs[f"{s}.lc_win_rate.{b}"] = {
+                "label": LC_LABEL.format(set=s, basis=b),
+                "better": "higher",
+                "items": "prompts",
+                "target": 5.0,
+                "const": 50.0,
+                "scale": 100.0,
+                "load": (lambda n, s=s, b=b: runs.lc_maps(n, s, b)),
+            }
     last = runs.last_epoch()
     if last is not None:
         specs["clean_loss_last_epoch"] = {

@@ -21,7 +21,8 @@ def test_equal_variants_are_not_distinguishable(tmp_path):
         "difference this design can detect (80% power, 5% level) is "
     )
     assert "would take about" in sel["statement"] and sel["design"]["seeds"] >= 2 and sel["mde"] > 0
-    assert "beats" not in sel["statement"] and sel["metric_key"] == "heldout.margin.reference"  # continuous scores
+    # the default select_by lc_win_rate: length-adjusted verdicts (tests/test_decision.py)
+    assert "beats" not in sel["statement"] and sel["metric_key"] == "heldout.lc_win_rate.reference"
     # nothing was chosen: the margin sentence names the best point estimate as such, not as a winner
     top, ru = sel["ranked"][:2]
     assert f"Best point estimate {top}, runner-up {ru}: {top} − {ru} = " in sel["statement"]
@@ -41,7 +42,7 @@ def test_planted_effect_names_the_variant_and_every_metric_moves(tmp_path):
     cfg = make_sweep(tmp_path, {"alpha5": 1.0, "alpha10": 0.0})
     table = aggregate(tmp_path, cfg, n_boot=B)
     sel = table["selection"]
-    assert sel["chosen"] == "alpha5" and sel["statement"].startswith("alpha5 beats the baseline on judge margin")
+    assert sel["chosen"] == "alpha5" and sel["statement"].startswith("alpha5 beats the baseline on LC win rate − 50")
     assert sel["runner_up"] == "alpha10" and sel["runner_up_distinguishable"] is True
     assert "Runner-up alpha10" in sel["statement"] and sel["runner_up_margin"]["ci"][0] > 0
     p = {r["name"]: r["paired"] for r in table["rows"]}
@@ -133,11 +134,24 @@ def test_per_run_fallback_with_one_seed_claims_nothing(tmp_path):
     sel = aggregate(tmp_path, cfg, n_boot=B)["selection"]
     assert sel["chosen"] is None and "too few for an interval" in sel["statement"]
     assert sel["ranked"] == ["alpha5"]
+    # select_by is the user's setting (as decide_variant reports it), the metric key is separate
+    assert sel["select_by"] == cfg.compare.select_by == "lc_win_rate"
+    assert sel["metric_key"] == "heldout.lc_win_rate"
+
+
+def test_win_rate_decides_on_the_judge_margin(tmp_path):
+    """select_by win_rate: the judge's continuous margin where it has one (more power than verdicts)."""
+    cfg = make_sweep(tmp_path, {"alpha5": 1.0})
+    cfg.compare.select_by = "win_rate"
+    sel = aggregate(tmp_path, cfg, n_boot=B)["selection"]
+    assert sel["metric_key"] == "heldout.margin.reference" and sel["chosen"] == "alpha5"
+    assert sel["statement"].startswith("alpha5 beats the baseline on judge margin")
 
 
 def test_judge_without_margins_decides_on_verdicts(tmp_path):
     """An LLM judge has no continuous margin (all null): the decision falls back to its verdicts."""
     cfg = make_sweep(tmp_path, {"alpha5": 1.0})
+    cfg.compare.select_by = "win_rate"
     for res_path in tmp_path.glob("runs/alpha5-*/eval/results.json"):
         res = json.loads(res_path.read_text())
         items = res["sets"]["heldout"]["judge"]["items"]
@@ -145,3 +159,17 @@ def test_judge_without_margins_decides_on_verdicts(tmp_path):
         res_path.write_text(json.dumps(res))
     sel = aggregate(tmp_path, cfg, n_boot=B)["selection"]
     assert sel["metric_key"] == "heldout.win_rate.reference" and sel["chosen"] == "alpha5"
+
+
+def test_item_map_refuses_a_repeated_id():
+    """A repeated id would keep only its last value and pair the wrong items: refused, not overwritten."""
+    from neftune.errors import DataError
+    from neftune.paired import item_map
+
+    res = {"heldout": {"items": {"id": ["a", "b", "a"], "nll": [1.0, 2.0, 3.0]}}}
+    with pytest.raises(DataError, match=r"^runs/x/eval/results.json: duplicate_id \(id 'a' appears twice in "):
+        item_map(res, ["heldout", "items"], "nll", where="runs/x/eval/results.json")
+    assert item_map({"heldout": {"items": {"id": ["a", "b"], "nll": [1.0, 2.0]}}}, ["heldout", "items"], "nll") == {
+        "a": 1.0,
+        "b": 2.0,
+    }

@@ -9,6 +9,7 @@ MT-Bench  the 80 questions (and GPT-4 reference answers) of lm-sys FastChat's ll
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
@@ -27,6 +28,9 @@ REFUSALS = (
     "openai",
 )
 MAX_PROMPT_CHARS, MAX_ANSWER_CHARS, MIN_ANSWER_CHARS, MIN_ASCII = 1000, 1200, 20, 0.9
+# Bump when _build_sharegpt's logic changes (the constants above are hashed in already): the cache is
+# keyed by both, so a cache built under other rules is never reused.
+FILTER_VERSION = 1
 _CHUNK = 1 << 20
 
 
@@ -113,6 +117,12 @@ def _build_sharegpt(n: int) -> list[dict]:
     return out
 
 
+def filter_key() -> str:
+    """12 hex digits naming the filter rules (FILTER_VERSION and every threshold / refusal phrase)."""
+    rules = [FILTER_VERSION, REFUSALS, MAX_PROMPT_CHARS, MAX_ANSWER_CHARS, MIN_ANSWER_CHARS, MIN_ASCII]
+    return hashlib.sha256(json.dumps(rules).encode()).hexdigest()[:12]
+
+
 def sharegpt_records(n: int = 2000) -> list[dict]:
     """The first `n` ShareGPT conversation starts (ids ending ``_0``) that pass these rules, in file
     order (deterministic), as single-turn records (first human -> gpt exchange):
@@ -124,11 +134,12 @@ def sharegpt_records(n: int = 2000) -> list[dict]:
     - no U+FFFD replacement characters (broken encodings);
     - deduplicated by normalized prompt (lowercase, collapsed whitespace), first occurrence kept.
 
-    Cached as ``cache_dir()/datasets/sharegpt-{n}.jsonl`` (written atomically).
+    Cached as ``cache_dir()/datasets/sharegpt-{n}-{filter_key()}.jsonl`` (written atomically): keyed by
+    the rules too, so changing a rule rebuilds instead of reusing a set filtered otherwise.
     """
     from ..assets import cache_dir
 
-    cache = cache_dir() / "datasets" / f"sharegpt-{n}.jsonl"
+    cache = cache_dir() / "datasets" / f"sharegpt-{n}-{filter_key()}.jsonl"
     if cache.exists():
         with open(cache, encoding="utf-8") as f:
             return [json.loads(line) for line in f if line.strip()]

@@ -1,6 +1,7 @@
 """Read a data file (or a saved/hub `datasets` dataset) into normalized chat records.
 
-A record is ``{"messages": [{"role", "content"}, ...], "source": "path:line", "id": str}``.
+A record is ``{"messages": [{"role", "content"}, ...], "source": "path:line", "id": str}``; the id is the
+record's own ``id`` field (str or int) else ``file:line``, and must be unique in the file (``duplicate_id``).
 Alpaca records keep their ``input`` on the user message (``content`` is instruction + "\\n\\n" +
 input for everybody else, the ``input`` key lets the alpaca template render the exact paper
 prompt). Every problem becomes a DataError naming the file and line: a bad record is raised or,
@@ -338,6 +339,7 @@ def load_records(
         raise DataError(path, None, "unknown_format", f"unknown format {format!r} (one of {', '.join(FORMATS)})")
     skipped = skipped if skipped is not None else Counter()
     path, fmt, records, seen = str(path), format, [], 0
+    id_line: dict = {}  # id -> line of its first record: per-item results pair runs by id
     for line, obj in _iter_raw(path):
         seen += 1
         try:
@@ -353,7 +355,13 @@ def load_records(
                         "unknown_format",
                         f"cannot tell the format from the fields {sorted(obj)[:8]}; set data.format or data.columns",
                     )
-            records.append(normalize(obj, fmt, path, line, require_answer))
+            rec = normalize(obj, fmt, path, line, require_answer)
+            if rec["id"] in id_line:
+                raise DataError(
+                    path, line, "duplicate_id", f"id {rec['id']!r} is also the id of line {id_line[rec['id']]}"
+                )
+            id_line[rec["id"]] = line
+            records.append(rec)
         except DataError as e:
             if on_bad_record == "skip" and e.reason not in FILE_LEVEL:
                 skipped[e.reason] += 1

@@ -32,7 +32,7 @@ def test_sharegpt_build_clean_and_cached(cache):
         assert [m["role"] for m in r["messages"]] == ["user", "assistant"]
         assert q == q.strip() and 0 < len(q) <= MAX_PROMPT_CHARS and 20 <= len(a) <= MAX_ANSWER_CHARS
         assert "as an ai language model" not in a.lower()
-    f = cache / "datasets" / "sharegpt-50.jsonl"
+    (f,) = (cache / "datasets").glob("sharegpt-50-*.jsonl")  # keyed by n and the filter rules
     assert [json.loads(x) for x in f.read_text().splitlines()] == recs
     assert sharegpt_records(50) == recs  # from the cache
     assert sharegpt_records(20) == recs[:20]  # deterministic: first n in file order
@@ -147,3 +147,26 @@ def test_build_datasets_embedded_sharegpt(cache, tiny_tokenizer):
     b = build_datasets(_cfg("sharegpt", sharegpt_size=40, on_bad_record="skip"), tiny_tokenizer)
     assert len(b.heldout_records) + len(b.train_records) + sum(b.skipped.values()) == 40
     assert all(r["id"].endswith("_0") for r in b.train_records + b.heldout_records)
+
+
+def test_sharegpt_cache_is_keyed_by_the_filter_rules(cache, monkeypatch):
+    """A cache built under other filter rules (or before the rules were part of the key) is not reused."""
+    import neftune.data.embedded as E
+
+    built = []
+
+    def fake_build(n):
+        built.append((n, E.MAX_ANSWER_CHARS))
+        return [
+            {"messages": [], "source": f"sharegpt:x{i}_0", "id": f"x{i}_0", "rule": E.MAX_ANSWER_CHARS}
+            for i in range(n)
+        ]
+
+    monkeypatch.setattr(E, "_build_sharegpt", fake_build)
+    (cache / "datasets").mkdir()
+    (cache / "datasets" / "sharegpt-3.jsonl").write_text('{"id": "stale"}\n')  # the old, unkeyed name
+    first = E.sharegpt_records(3)
+    assert [r["rule"] for r in first] == [MAX_ANSWER_CHARS] * 3 and built == [(3, MAX_ANSWER_CHARS)]
+    assert E.sharegpt_records(3) == first and len(built) == 1  # same rules: read from the cache
+    monkeypatch.setattr(E, "MAX_ANSWER_CHARS", 2000)
+    assert [r["rule"] for r in E.sharegpt_records(3)] == [2000] * 3 and built[-1] == (3, 2000)

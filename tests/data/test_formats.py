@@ -170,3 +170,24 @@ def test_role_order_and_empty_turns(tmp_path):
     skipped = Counter()
     assert load_records(p, on_bad_record="skip", skipped=skipped) == []
     assert skipped == Counter({"unknown_role": 1, "missing_field": 2, "wrong_type": 1})
+
+
+def test_duplicate_id_names_both_lines_or_is_skipped(tmp_path):
+    """Per-item results pair runs by id: a repeated `id` would make two prompts one item, so it is a bad
+    record naming the file and both lines (skip mode keeps the first and counts the rest)."""
+    p = tmp_path / "d.jsonl"
+    p.write_text(
+        '{"id": "q1", "instruction": "a", "output": "b"}\n'
+        '{"id": "q2", "instruction": "c", "output": "d"}\n'
+        '{"id": 7, "instruction": "e", "output": "f"}\n'
+        '{"id": "q1", "instruction": "g", "output": "h"}\n'
+        '{"id": "7", "instruction": "i", "output": "j"}\n'
+    )
+    with pytest.raises(DataError) as ei:
+        load_records(p)
+    assert (ei.value.reason, ei.value.line) == ("duplicate_id", 4)
+    assert str(ei.value) == f"{p}:4: duplicate_id (id 'q1' is also the id of line 1)"
+    skipped = Counter()
+    recs = load_records(p, on_bad_record="skip", skipped=skipped)
+    assert [r["id"] for r in recs] == ["q1", "q2", "7"] and skipped == Counter({"duplicate_id": 2})
+    assert recs[0]["messages"][0]["content"] == "a"  # the first occurrence is the one kept
