@@ -176,7 +176,9 @@ class CompareConfig:
     """Extra data-size study: fractions of the training data (e.g. [0.25, 0.5]) for the baseline, the chosen variant
     and the best regularizer baseline (alpha-0 variant); [] = off."""
     select_by: SelectMetric = "lc_win_rate"
-    """The decision's metric (paired per-item differences; win rates: the judge's margin where it has one)."""
+    """The decision's metric (paired per-item differences). lc_win_rate: the judge's verdicts length-adjusted by
+    each run's LC fit (their mean is the run's LC win rate); without per-item answer lengths the raw margin/verdicts,
+    and the decision sentence says so. win_rate: the judge's margin where it has one, else its verdicts."""
     tie_break: SelectMetric = "heldout_loss"
     """Kept for old configs; unused: the decision reads ties from the paired intervals."""
     launcher: Launcher = "serial"
