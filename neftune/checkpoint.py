@@ -1,5 +1,7 @@
 """Checkpoints of a `neftune train` run: save the model (HF format), save/load a resumable
-checkpoint (weights + optimizer + scheduler + every random state), resolve `resume_from_checkpoint`.
+checkpoint (weights + optimizer + scheduler + every random state + the config it was trained with),
+resolve `resume_from_checkpoint` and check that it belongs to the run being resumed; find and delete a
+previous run's artefacts (overwrite_output_dir).
 
 Naming, atomic commit and listing of checkpoint directories belong to rundir.py; this module only
 writes and reads their contents. Resume is bit-exact on CPU because the python / numpy / torch /
@@ -12,12 +14,13 @@ import os
 import random
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from . import rundir
-from .config import Config
+from .config import Config, training_identity
 from .errors import NeftuneError
 from .modeling import unwrap
 
@@ -72,12 +75,27 @@ def save_model(model, tokenizer, path, accelerator, wrapped=None):
 
 
 def save_checkpoint(
-    accelerator, model, tokenizer, optimizer, scheduler, noise_gen, step, output_dir, limit, wrapped=None, counters=None
+    accelerator,
+    model,
+    tokenizer,
+    optimizer,
+    scheduler,
+    noise_gen,
+    step,
+    output_dir,
+    limit,
+    wrapped=None,
+    counters=None,
+    cfg: Config | None = None,
 ):
+    """checkpoint-`step`: weights, optimizer, scheduler, every rank's random states, and `cfg` as
+    config.yaml (what check_resume compares a resume against; HF's Trainer keeps training_args.bin)."""
     tmp = rundir.checkpoint_tmp_path(output_dir, step)
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
+        if cfg is not None:
+            rundir.write_config(tmp, cfg)
     accelerator.wait_for_everyone()
     save_model(model, tokenizer, tmp, accelerator, wrapped)
     if accelerator.is_main_process:
@@ -131,3 +149,126 @@ def resolve_resume(cfg: Config):
     if not rundir.is_complete_checkpoint(p):
         raise NeftuneError(f"resume_from_checkpoint: {r} is not a complete checkpoint (no {rundir.TRAINER_STATE})")
     return p
+
+
+def claim_output_dir(cfg: Config, acc) -> tuple[Path, Path | None]:
+    """The run dir, claimed for this run, and the checkpoint to resume from (None: from scratch).
+
+    A dir holds one run, so that nothing of an older run passes for this one (compare reuses a dir with
+    summary.json, resume_from_checkpoint=latest takes its newest checkpoint): a resume loads only a
+    checkpoint trained with this config (check_resume); training from scratch over a previous run's
+    summary, weights or checkpoints is refused unless overwrite_output_dir=true, which deletes them
+    first (like HF's overwrite_output_dir). Checked on every rank, so an error stops them all, and
+    before config.yaml is rewritten. `acc`: the run's Accelerator."""
+    out = Path(cfg.output_dir)
+    ckpt = resolve_resume(cfg)
+    if ckpt is not None:
+        check_resume(ckpt, cfg, acc.num_processes)
+    resuming_here = ckpt is not None and ckpt.resolve().parent == out.resolve()
+    found = [] if resuming_here else previous_run(out)
+    if found and not cfg.overwrite_output_dir:
+        resumable = any(n.startswith("checkpoint-") for n in found)
+        raise NeftuneError(
+            f"output_dir {out} holds a previous run ({', '.join(found)}); "
+            + ("resume it with resume_from_checkpoint=latest, " if resumable else "")
+            + "set overwrite_output_dir=true to delete it and train from scratch, or use a new output_dir"
+        )
+    if acc.is_main_process:
+        if cfg.overwrite_output_dir and not resuming_here and out.is_dir():
+            removed = remove_previous_run(out)
+            if removed:
+                print(f"[neftune] overwrite_output_dir: removed {', '.join(removed)} from {out}")
+        elif resuming_here:  # unfinished again until _finish writes it: never reused as finished meanwhile
+            rundir.summary_path(out).unlink(missing_ok=True)
+        out.mkdir(parents=True, exist_ok=True)
+        for stale in rundir.remove_incomplete_checkpoints(out):  # a kill during a save: never loaded
+            print(f"[neftune] removing incomplete checkpoint {stale}")
+        rundir.write_config(out, cfg)
+    acc.wait_for_everyone()
+    return out, ckpt
+
+
+def check_resume(ckpt: Path, cfg: Config, world: int) -> None:
+    """Refuse to resume `cfg` from a checkpoint trained with another training identity (config.training_identity:
+    model, data, noise, optimisation, seed), naming the differing keys. The checkpoint's own config.yaml is
+    the record; a checkpoint written before checkpoints carried one is checked against its run dir's.
+    gradient_accumulation_steps may differ when the global batch does not (another world size, the same
+    examples per step: train reports the world-size change)."""
+    saved = rundir.config_path(ckpt)
+    if not saved.exists():
+        saved = rundir.config_path(ckpt.parent)
+        if not saved.exists():
+            print(f"[neftune] warning: {ckpt} carries no config.yaml; cannot check it was trained with this config")
+            return
+    old, new = training_identity(rundir.read_config(ckpt, path=saved)), training_identity(cfg)
+    old_world = int(rundir.read_trainer_state(ckpt).get("world_size", world))
+    ga = "gradient_accumulation_steps"
+    if old[ga] * old_world == new[ga] * world:
+        old[ga] = new[ga]
+    diff = _differing_keys(old, new)
+    if diff:
+        raise NeftuneError(
+            f"{ckpt}: checkpoint of a run trained with another config ({'; '.join(diff)}, from {saved}); "
+            "resume it with its own config, or train from scratch into a new output_dir"
+        )
+
+
+def _differing_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """`key (checkpoint's value -> this config's)` for every differing key, nested keys dotted (data.max_length)."""
+    out = []
+    for k in list(new) + [k for k in old if k not in new]:
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differing_keys(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k} ({_short(a)} -> {_short(b)})")
+    return out
+
+
+def _short(v: Any) -> str:
+    r = repr(v)
+    return r if len(r) <= 40 else r[:37] + "..."
+
+
+# A previous run's artefacts: finding one of these in output_dir means another run lives there.
+_RUN_FILES = ("*.safetensors", rundir.SUMMARY)
+# Deleted by overwrite_output_dir: the HF save_pretrained outputs, metrics, tensorboard events, data records,
+# evaluation, checkpoints. File patterns, not whole folders (`runs/` is also a sweep's folder of runs);
+# config.yaml is rewritten; anything else in the dir is left alone.
+_OVERWRITTEN = (
+    "*.safetensors",
+    "*.safetensors.index.json",
+    "config.json",
+    "adapter_config.json",
+    "generation_config.json",
+    "tokenizer*",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "chat_template.*",
+    rundir.SUMMARY,
+    rundir.METRICS,
+    f"{rundir.TENSORBOARD}/events.out.tfevents.*",
+    *(f"data/{split}.jsonl" for split in rundir.RECORDS),
+    "eval",
+    "checkpoint-*",
+    ".tmp-checkpoint-*",
+)
+
+
+def previous_run(out: Path) -> list[str]:
+    """The names of a previous run's artefacts in `out` (summary.json, final weights, complete checkpoints)."""
+    if not out.is_dir():
+        return []
+    found = sorted({p.name for pattern in _RUN_FILES for p in out.glob(pattern)})
+    return found + [p.name for p in rundir.list_checkpoints(out)]
+
+
+def remove_previous_run(out: Path) -> list[str]:
+    """Delete a previous run's artefacts from `out` (overwrite_output_dir=true); returns their names."""
+    gone = sorted({p for pattern in _OVERWRITTEN for p in out.glob(pattern)})
+    for p in gone:
+        if p.is_dir():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
+    return [str(p.relative_to(out)) for p in gone]

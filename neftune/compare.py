@@ -144,9 +144,11 @@ def train_run(rc: Config, prog: _Progress, name: str) -> dict:
         return rundir.read_summary(run_dir)
     rundir.remove_eval(run_dir)  # its answers belong to the weights about to be replaced
     latest = rundir.latest_checkpoint(run_dir)
+    rc = copy.deepcopy(rc)
     if latest is not None:
-        rc = copy.deepcopy(rc)
         rc.resume_from_checkpoint = "latest"
+    else:  # this run's own leftovers (same training identity, unfinished, nothing to resume): retrain in place
+        rc.overwrite_output_dir = True
     prog(
         "train",
         name,

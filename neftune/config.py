@@ -195,6 +195,8 @@ class Config:
     """Model: an embedded name (gemma-3-270m, smollm2-135m-instruct), a local HF model dir, or a hub id (online)."""
     output_dir: str = "runs/default"
     """Where checkpoints, the final model/adapter, metrics and config.yaml go."""
+    overwrite_output_dir: bool = False
+    """Train from scratch into an output_dir that holds a previous run (summary.json, weights, checkpoint-N/): its artefacts are deleted first. False: refuse (resume it with resume_from_checkpoint=latest, or use a new output_dir)."""
     neftune_noise_alpha: float = 5.0
     """NEFTune alpha; 0 = no noise. Noise U(-1,1)*alpha/sqrt(L*d) per sequence, L its real token count."""
     neftune_distribution: Distribution = "uniform"
@@ -355,6 +357,7 @@ def eval_count(eval_size, n_records: int) -> int:
 # Keys that do not change what a run trains: where it goes and how it is saved, logged, evaluated, swept.
 NOT_TRAINING = (
     "output_dir",
+    "overwrite_output_dir",
     "resume_from_checkpoint",
     "eval",
     "compare",

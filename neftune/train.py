@@ -1,13 +1,15 @@
 """`neftune train`: one supervised finetuning run, top to bottom.
 
-train(cfg) = _setup (config -> seed -> tokenizer/model (+LoRA) -> data -> optimizer/schedule -> [resume])
--> _fit (per step: micro-batches -> noisy loss -> backward -> clip -> step -> log -> checkpoint)
--> _finish (held-out loss -> final model/adapter + config.yaml + summary.json).
+train(cfg) = _setup (output dir [+ resume check] -> seed -> tokenizer/model (+LoRA) -> data -> optimizer/schedule
+-> [resume]) -> _fit (per step: micro-batches -> noisy loss -> backward -> clip -> step -> log -> checkpoint;
+the step's pieces are in neftune/train_step.py) -> _finish (held-out loss -> final model/adapter + summary.json).
 
 Built on accelerate (the same command runs under `accelerate launch` for DDP/FSDP/DeepSpeed).
 The loss computes logits only at supervised positions (neftune.modeling.supervised_loss).
 Resume is bit-exact on CPU: data order is a pure function of (seed, epoch), and the python /
 numpy / torch / NEFTune-generator random states are part of every checkpoint (neftune/checkpoint.py).
+An output_dir holds one run: a resume loads only a checkpoint of the same config, and training from
+scratch over a previous run is refused unless overwrite_output_dir=true (checkpoint.claim_output_dir).
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ from __future__ import annotations
 import math
 import random
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from .checkpoint import (  # noqa: F401  (old names importable from here)
     _rng_state,
     _set_rng_state,
     _state_dict,
+    claim_output_dir,
     load_checkpoint,
     resolve_resume,
     save_checkpoint,
@@ -37,12 +39,24 @@ from .checkpoint import (  # noqa: F401  (old names importable from here)
 )
 from .config import Config
 from .data.coverage import covered_indices, trained_records
-from .errors import NeftuneError, TrainingDiverged
+from .errors import NeftuneError, TrainingDiverged  # noqa: F401
 from .modeling import check_loss_transform, heldout_loss, load_tokenizer
 from .noise import activate
-from .rundir import list_checkpoints
+from .rundir import list_checkpoints  # noqa: F401
 from .tracking import MetricsLogger
 from .train_model import LossModule, build_model, check_master_weights, compute_dtype  # noqa: F401
+
+# The step's pieces, called from _fit through this module's namespace (patchable as neftune.train.<name>).
+from .train_step import (  # noqa: F401
+    _check_finite,
+    _clean_loss,
+    _forward_backward,
+    _global_sum,
+    _grad_norm,
+    _micro_batches,
+    _token_counts,
+    optimizer_steps,
+)
 
 
 @dataclass
@@ -57,7 +71,8 @@ class _Run:
     data: Any
     model: Any
     epoch_cache: dict = field(default_factory=dict)
-    per_epoch: int = 0
+    per_epoch: int = 0  # micro-batches per epoch per rank
+    steps_per_epoch: int = 0  # optimizer steps per epoch (train_step.optimizer_steps)
     total_steps: int = 0
     params: list = field(default_factory=list)
     loss_module: LossModule | None = None
@@ -142,12 +157,7 @@ def _setup(cfg: Config, t0: float) -> _Run:
     # trains several runs in one process); the process group (PartialState) is kept.
     AcceleratorState._reset_state()
     acc = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=compute_dtype(cfg))
-    out = Path(cfg.output_dir)
-    if acc.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        for stale in rundir.remove_incomplete_checkpoints(out):  # a kill during a save: never loaded
-            print(f"[neftune] removing incomplete checkpoint {stale}")
-        rundir.write_config(out, cfg)
+    out, ckpt = claim_output_dir(cfg, acc)  # one run per dir: refuses a stale run or a foreign checkpoint
     random.seed(cfg.seed), np.random.seed(cfg.seed), torch.manual_seed(cfg.seed)
 
     tokenizer = load_tokenizer(cfg.model)
@@ -161,12 +171,11 @@ def _setup(cfg: Config, t0: float) -> _Run:
     check_loss_transform(model)  # refuses a model family whose logit transform the loss does not know
     model.train()
 
-    run = _Run(cfg, acc, out, t0, tokenizer, data, model)
+    run = _Run(cfg, acc, out, t0, tokenizer, data, model, ckpt=ckpt)
     run.per_epoch = len(run.epoch_batches(0))
     if run.per_epoch == 0:
         raise NeftuneError("fewer training batches than processes; lower per_device_train_batch_size")
-    steps_per_epoch = max(run.per_epoch // run.ga, 1)
-    run.total_steps = cfg.max_steps if cfg.max_steps > 0 else max(1, math.ceil(steps_per_epoch * cfg.num_train_epochs))
+    run.steps_per_epoch, run.total_steps = optimizer_steps(run.per_epoch, run.ga, cfg.num_train_epochs, cfg.max_steps)
 
     run.params = [p for p in model.parameters() if p.requires_grad]
     check_master_weights(run.params)
@@ -204,9 +213,9 @@ def _setup(cfg: Config, t0: float) -> _Run:
 
 
 def _resume(run: _Run):
-    """Load `resume_from_checkpoint` (if any) into the run: weights, optimizer, schedule, random states, counters."""
-    world = run.world
-    run.ckpt = ckpt = resolve_resume(run.cfg)
+    """Load run.ckpt (resume_from_checkpoint, checked by claim_output_dir) into the run: weights, optimizer,
+    schedule, random states, counters."""
+    world, ckpt = run.world, run.ckpt
     run.done = {"train_tokens": 0, "supervised_tokens": 0, "wall_time_s": 0.0, "world_size": world}
     if ckpt is not None and run.acc.distributed_type.name.startswith("FSDP"):
         raise NeftuneError(f"{ckpt}: resuming an FSDP run is not supported (checkpoints hold rank 0's optimizer shard)")
@@ -234,7 +243,7 @@ def _fit(run: _Run):
         _check_finite(run, step, step_loss, grad_norm)
         rec = {
             "step": step,
-            "epoch": round((step * run.ga) / run.per_epoch, 4),
+            "epoch": round(step / run.steps_per_epoch, 4),
             "loss": step_loss,
             "grad_norm": grad_norm,
             "learning_rate": run.optimizer.param_groups[0]["lr"],
@@ -257,73 +266,6 @@ def _fit(run: _Run):
         _failpoint("after_step", step)
         if cfg.save_steps and step % cfg.save_steps == 0 and step < run.total_steps:
             _checkpoint(run, step)
-
-
-def _micro_batches(run: _Run, step: int) -> list[dict]:
-    """The step's gradient_accumulation_steps micro-batches, on the device."""
-    micro = []
-    for m in range(run.ga):
-        epoch, i = divmod((step - 1) * run.ga + m, run.per_epoch)
-        micro.append({k: v.to(run.acc.device) for k, v in run.epoch_batches(epoch)[i].items()})
-    return micro
-
-
-def _token_counts(run: _Run, micro: list[dict]) -> tuple[int, int]:
-    """(supervised tokens, real tokens) of all ranks' micro-batches of the step."""
-    sup = sum(int((b["labels"][:, 1:] != -100).sum()) for b in micro)
-    real = sum(int(b["input_ids"].numel() if "attention_mask" not in b else b["attention_mask"].sum()) for b in micro)
-    counts = torch.tensor([sup, real], device=run.acc.device)
-    n_step, toks = (int(x) for x in (run.acc.reduce(counts, "sum") if run.world > 1 else counts))
-    return n_step, toks
-
-
-def _forward_backward(run: _Run, micro: list[dict], n_step: int) -> float:
-    """Noisy loss + backward over the micro-batches; returns the step's mean loss per supervised token.
-
-    Global token mean (like transformers' num_items_in_batch): divide by the supervised-token count
-    of all ranks' micro-batches; times world, because DDP/FSDP average the ranks' gradients."""
-    acc, world = run.acc, run.world
-    loss_sum = torch.zeros((), device=acc.device)
-    run.loss_module.r3f_kl_sum = 0.0
-    for m, batch in enumerate(micro):
-        ctx = acc.no_sync(run.wrapped) if m < run.ga - 1 else nullcontext()
-        with ctx:
-            loss, _ = run.wrapped(batch)
-            acc.backward(loss * world / max(n_step, 1))
-        loss_sum += loss.detach().float()
-    return _global_sum(acc, loss_sum) / max(n_step, 1)
-
-
-def _grad_norm(run: _Run) -> float:
-    params, max_norm = run.params, run.cfg.max_grad_norm
-    if max_norm > 0:
-        return float(run.acc.clip_grad_norm_(params, max_norm))
-    return float(torch.norm(torch.stack([p.grad.norm() for p in params if p.grad is not None])))
-
-
-def _check_finite(run: _Run, step: int, step_loss: float, grad_norm: float):
-    if not (math.isfinite(step_loss) and math.isfinite(grad_norm)):
-        last = list_checkpoints(run.out)
-        raise TrainingDiverged(
-            f"step {step}: non-finite {'loss' if not math.isfinite(step_loss) else 'gradient norm'} "
-            f"(loss={step_loss}, grad_norm={grad_norm}); stopped before the update. Last good "
-            f"checkpoint: {last[-1] if last else 'none'} (resume_from_checkpoint=latest)"
-        )
-
-
-def _clean_loss(run: _Run, micro: list[dict], n_step: int, step: int) -> float:
-    """The same micro-batches, same weights (before the update), no noise, no dropout (eval mode),
-    no grad; for every run, α=0 too: it is the paired comparison's baseline."""
-    wrapped = run.wrapped
-    wrapped.eval()
-    try:
-        with torch.no_grad(), run.noise.paused():
-            cl = _global_sum(run.acc, sum(wrapped(b)[0].detach().float() for b in micro)) / max(n_step, 1)
-    finally:
-        wrapped.train()
-    if not math.isfinite(cl):
-        print(f"[neftune] warning: clean_loss is non-finite at step {step}")
-    return cl
 
 
 def _log(run: _Run, step: int, rec: dict):
@@ -352,6 +294,7 @@ def _checkpoint(run: _Run, step: int):
         run.cfg.save_total_limit,
         wrapped=run.wrapped,
         counters=run.counters(),
+        cfg=run.cfg,
     )
 
 
@@ -362,7 +305,7 @@ def _finish(run: _Run) -> dict:
         rundir.write_records(
             out,
             "trained",
-            trained_records(
+            trained_records(  # < per_epoch * world only within epoch 0, where every step has ga micro-batches
                 data.train_records,
                 run.total_steps * run.ga * world,
                 run.per_epoch * world,
@@ -403,10 +346,6 @@ def _finish(run: _Run) -> dict:
         )
     acc.wait_for_everyone()
     return summary
-
-
-def _global_sum(acc, x: torch.Tensor) -> float:
-    return float(acc.reduce(x, "sum")) if acc.num_processes > 1 else float(x)
 
 
 def versions() -> dict:
