@@ -25,7 +25,7 @@ demo: install
 
 # Just one training run of the embedded default.
 train: install
-	$(VENV)/bin/neftune train configs/default.yaml output_dir=runs/default-train
+	$(VENV)/bin/neftune train configs/default.yaml output_dir=runs/default-train overwrite_output_dir=true
 
 # Headless Chromium renders the HTML report in the report test (Debian package).
 chromium:
