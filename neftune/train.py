@@ -55,6 +55,7 @@ from .train_step import (  # noqa: F401
     _grad_norm,
     _micro_batches,
     _token_counts,
+    micro_batches_done,
     optimizer_steps,
 )
 
@@ -305,11 +306,11 @@ def _finish(run: _Run) -> dict:
         rundir.write_records(
             out,
             "trained",
-            trained_records(  # < per_epoch * world only within epoch 0, where every step has ga micro-batches
+            trained_records(
                 data.train_records,
-                run.total_steps * run.ga * world,
+                micro_batches_done(run.total_steps, run.steps_per_epoch, run.per_epoch, run.ga) * world,
                 run.per_epoch * world,
-                lambda: covered_indices(data.train_examples, run.bs, cfg, run.pad_id, world),
+                lambda epoch: covered_indices(data.train_examples, run.bs, cfg, run.pad_id, world, epoch),
             ),
         )
     hl = heldout_loss(

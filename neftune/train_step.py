@@ -33,6 +33,13 @@ def optimizer_steps(per_epoch: int, ga: int, num_train_epochs: float, max_steps:
     return per_step, total
 
 
+def micro_batches_done(steps: int, steps_per_epoch: int, per_epoch: int, ga: int) -> int:
+    """Micro-batches one rank consumed in `steps` optimizer steps (see optimizer_steps: whole epochs, then
+    ga per step of the unfinished one)."""
+    epochs, k = divmod(steps, steps_per_epoch)
+    return epochs * per_epoch + min(k * ga, per_epoch)
+
+
 def _micro_batches(run: _Run, step: int) -> list[dict]:
     """The step's micro-batches, on the device: gradient_accumulation_steps of them, fewer for the last
     step of an epoch (see optimizer_steps); data order is a pure function of (seed, epoch)."""
