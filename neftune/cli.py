@@ -41,6 +41,13 @@ def _split(argv):
     return cfg_file, overrides, rest
 
 
+def _no_unknown_options(cmd: str, rest: list) -> None:
+    """A mistyped option (`--agaisnt x`) is named, not reported as a stray positional argument."""
+    for a in rest:
+        if a.startswith("-"):
+            raise NeftuneError(f"unknown option {a!r} for `neftune {cmd}`; see `neftune {cmd} --help`")
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in USAGE:
@@ -53,6 +60,7 @@ def main(argv=None) -> int:
     try:
         cfg_file, overrides, rest = _split(args)
         if cmd == "train":
+            _no_unknown_options(cmd, rest)
             if rest:
                 raise NeftuneError(f"unexpected arguments: {rest}")
             from .train import train
@@ -66,20 +74,24 @@ def main(argv=None) -> int:
                     raise NeftuneError("--against needs a run dir")
                 against = rest[i + 1]
                 rest = rest[:i] + rest[i + 2 :]
+            _no_unknown_options(cmd, rest)
             if len(rest) != 1:
                 raise NeftuneError("neftune eval needs exactly one RUN_DIR")
             from .evaluation.run import evaluate_cli
 
             evaluate_cli(rest[0], against=against, cfg_file=cfg_file, overrides=overrides)
         else:
+            _no_unknown_options(cmd, rest)
             if rest:
                 raise NeftuneError(f"unexpected arguments: {rest}")
             from .compare import compare
 
             compare(load_config(cfg_file, overrides))
     except NeftuneError as e:
-        # one line, no traceback: every NeftuneError names the file/key and the problem
-        print(f"neftune: error: {' '.join(str(e).split())}", file=sys.stderr)
+        # one line, no traceback: every NeftuneError names the file/key and the problem; notes (e.g.
+        # which sweep stage and run failed, added by launch.run_jobs) are part of that line
+        text = " ".join([str(e), *(f"({n})" for n in getattr(e, "__notes__", ()))])
+        print(f"neftune: error: {' '.join(text.split())}", file=sys.stderr)
         return 1
     except ModuleNotFoundError as e:
         if e.name is None or e.name.split(".")[0] == "neftune":

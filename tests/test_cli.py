@@ -118,3 +118,31 @@ def test_train_on_32_records_with_default_data_settings(tmp_path, tiny_llama_dir
     summary = json.loads((out / "summary.json").read_text())
     data = summary.get("data", summary)
     assert data["n_heldout"] == 3 and 0 < data["n_train"] <= 29, data
+
+
+def test_mistyped_option_is_named(tmp_path, capsys):
+    for argv in (["eval", str(tmp_path), "--agaisnt", "x"], ["compare", "--dry-run"], ["train", "--verbose"]):
+        assert main(argv) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"unknown option '{argv[-2] if argv[0] == 'eval' else argv[-1]}'" in err, err
+        assert f"neftune {argv[0]} --help" in err
+
+
+def test_error_line_carries_the_exceptions_notes(capsys, monkeypatch):
+    """The stage/run a sweep failed in (launch.run_jobs adds it as a note) reaches the one error line."""
+    import neftune.compare
+    from neftune.config import CompareConfig
+    from neftune.errors import NeftuneError
+    from neftune.launch import Job, run_jobs
+
+    def failing(cfg, prog, name):
+        raise NeftuneError("data.jsonl:3: bad record")
+
+    def compare(cfg):
+        run_jobs("training", failing, [Job("a5-seed0", cfg)], CompareConfig(), lambda *a: None)
+
+    monkeypatch.setattr(neftune.compare, "compare", compare)
+    assert main(["compare"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert err.startswith("neftune: error: data.jsonl:3: bad record") and "stage 'training' of run a5-seed0" in err
