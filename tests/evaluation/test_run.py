@@ -182,3 +182,18 @@ def test_speed_only_settings_do_not_invalidate_saved_answers(tmp_path):
     assert _generation_identity(on, tmp_path) == _generation_identity(off, tmp_path)
     assert "pack_weights" not in _generation_identity(on, tmp_path)["eval"]  # as saved before the key existed
     assert _generation_identity(on, tmp_path) != _generation_identity(longer, tmp_path)
+
+
+def test_stage_two_lives_in_judging_and_old_import_paths_still_work():
+    import subprocess
+    import sys
+
+    from neftune.evaluation import judging, run, sets
+
+    for name in ("judge_stage", "other_answers", "_judge_identity", "_make_judge", "_judge_set"):
+        assert getattr(run, name) is getattr(judging, name)
+    assert run.set_name is sets.set_name and run.eval_records is sets.eval_records and run.PARTS == sets.PARTS
+    # each module imports on its own (no import cycle between the stages)
+    for mod in ("judging", "sets", "run"):
+        r = subprocess.run([sys.executable, "-c", f"import neftune.evaluation.{mod}"], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr[-2000:]
