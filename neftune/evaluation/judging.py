@@ -15,7 +15,7 @@ from ..errors import NeftuneError
 from .items import finite as _finite
 from .items import item_ids
 from .sets import check_parts as _check_parts
-from .sets import eval_records, set_name
+from .sets import check_sets, eval_records, set_name
 
 
 def other_answers(run: Path, other: Path, sname: str) -> list[dict]:
@@ -68,6 +68,7 @@ def judge_stage(cfg: Config, run_dir, against) -> tuple[dict, bool]:
     run, other = Path(run_dir), Path(against)
     if "judge" not in _check_parts(cfg):
         return {}, True
+    check_sets(cfg)
     scores = rundir.read_json(rundir.scores_path(run))
     out, reused, judge = {}, True, None
     for name in cfg.eval.sets:
@@ -115,13 +116,19 @@ def _judge_set(cfg: Config, judge, run: Path, name: str, b_rows: list[dict]) -> 
     from .metrics import length_lists
     from .winrate import win_rate_summary
 
-    a_rows = read_alpaca_eval(rundir.generations_path(run, set_name(name)))
+    sname = set_name(name)
+    a_rows = read_alpaca_eval(rundir.generations_path(run, sname))
     records = eval_records(run, name, cfg)
+    if not len(a_rows) == len(b_rows) == len(records):  # pairing by position: a mismatch must never truncate
+        raise NeftuneError(
+            f"set {sname!r}: {len(a_rows)} saved answers in {run}, {len(b_rows)} in the other run and "
+            f"{len(records)} prompts in the set now do not pair one to one; rerun `neftune eval` on both runs"
+        )
     refs = [reference(r) for r in records]
     outs_a, outs_b = [r["output"] for r in a_rows], [r["output"] for r in b_rows]
     items = [
         {"prompt": a["instruction"], "answer_a": a["output"], "answer_b": b["output"], "reference": ref}
-        for a, b, ref in zip(a_rows, b_rows, refs)
+        for a, b, ref in zip(a_rows, b_rows, refs, strict=True)
     ]
     judged = judge.judge_many(items, progress=True)
     verdicts = [v for v, _ in judged]

@@ -28,7 +28,7 @@ from ..config import Config, load_config, to_dict
 from ..rundir import weights_fingerprint  # noqa: F401  (kept importable from here)
 from .items import capped_fraction, exact_results, example_losses, item_ids, train_clean, trained_records
 from .judging import _judge_identity, _judge_set, _make_judge, judge_stage, other_answers  # noqa: F401  (stage 2)
-from .sets import PARTS, eval_records, set_name  # noqa: F401  (importable from here)
+from .sets import PARTS, check_sets, eval_records, set_name  # noqa: F401  (importable from here)
 from .sets import check_parts as _check_parts
 from .summary import _fmt, summary_markdown  # noqa: F401  (importable from here)
 
@@ -151,6 +151,7 @@ def generate_stage(cfg: Config, run_dir) -> tuple[dict, bool]:
     from .metrics import Embedder, bleu, diversity, length_lists, length_stats, rouge_l, rouge_l_scores
 
     run, parts = Path(run_dir), _check_parts(cfg)
+    check_sets(cfg)  # one slot per set, refused before any generation
     identity = _generation_identity(cfg, run)
     saved = rundir.read_json(rundir.scores_path(run))
     if saved.get("identity") == identity and all(

@@ -197,3 +197,49 @@ def test_stage_two_lives_in_judging_and_old_import_paths_still_work():
     for mod in ("judging", "sets", "run"):
         r = subprocess.run([sys.executable, "-c", f"import neftune.evaluation.{mod}"], capture_output=True, text=True)
         assert r.returncode == 0, r.stderr[-2000:]
+
+
+def _alpaca_file(path: Path, n: int = 2, tag: str = "") -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = [{"instruction": f"Say {tag}{i}.", "input": "", "output": f"{tag}{i}"} for i in range(n)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return str(path)
+
+
+def test_eval_set_names_are_distinct_and_not_reserved(runs, tmp_path, capsys):
+    """Every set has its own slot (generations/scores/judgments); a clash is refused before any generation."""
+    base, _ = runs
+    a, b = _alpaca_file(tmp_path / "a" / "test.jsonl"), _alpaca_file(tmp_path / "b" / "test.jsonl")
+    probe = _alpaca_file(tmp_path / "c" / "train.json")
+    cases = {
+        f"eval.sets=[{a},{b}]": ["'test'", a, b],
+        "eval.sets=[heldout,train]": ["'train'", "overfitting probe"],
+        f"eval.sets=[heldout,{probe}]": ["'train'", probe, "rename"],
+        "eval.sets=[heldout,heldout]": ["'heldout'"],
+    }
+    for sets, words in cases.items():
+        assert main(["eval", str(base), *EVAL, sets]) == 1, sets
+        err = capsys.readouterr().err
+        assert err.startswith("neftune: error: eval.sets: ") and err.count("\n") == 1, err
+        assert all(w in err for w in words), (sets, err)
+        assert not (base / "eval").exists()  # refused before anything was generated
+
+
+def test_judging_refuses_answer_lists_that_do_not_pair(runs):
+    """A length mismatch between the two runs' answers and the set's prompts is an error, never a truncation."""
+    from neftune.errors import NeftuneError
+    from neftune.evaluation import judging
+    from neftune.evaluation.run import run_config
+
+    base, _ = runs
+    assert main(["eval", str(base), *EVAL]) == 0
+    cfg = load_config(None, EVAL, base=run_config(base))
+    rows = read_alpaca_eval(base / "eval" / "generations" / "heldout.json")
+
+    class Judge:
+        def judge_many(self, items, progress=False):
+            return [(1, {"basis": "reference", "margin": 0.1}) for _ in items]
+
+    assert judging._judge_set(cfg, Judge(), base, "heldout", rows)["n"] == 4  # paired: judged
+    with pytest.raises(NeftuneError, match="heldout.*3 .*4 "):
+        judging._judge_set(cfg, Judge(), base, "heldout", rows[:3])
