@@ -21,14 +21,16 @@ import hashlib
 import json
 import math
 import time
+from collections import Counter
 from pathlib import Path
 
 from .. import rundir
 from ..config import Config, load_config, to_dict
+from ..errors import NeftuneError
 from ..rundir import weights_fingerprint  # noqa: F401  (kept importable from here)
 from .items import capped_fraction, exact_results, example_losses, item_ids, train_clean, trained_records
 from .judging import _judge_identity, _judge_set, _make_judge, judge_stage, other_answers  # noqa: F401  (stage 2)
-from .sets import PARTS, check_sets, eval_records, set_name  # noqa: F401  (importable from here)
+from .sets import BUILTIN, PARTS, check_sets, eval_records, set_name  # noqa: F401  (importable from here)
 from .sets import check_parts as _check_parts
 from .summary import _fmt, summary_markdown  # noqa: F401  (importable from here)
 
@@ -131,7 +133,14 @@ def generations(
 def _generation_identity(cfg: Config, run: Path) -> dict:
     """Everything stage 1's output depends on: the weights and every eval setting but the judge's."""
     e = {k: v for k, v in to_dict(cfg.eval).items() if k not in JUDGE_ONLY + SPEED_ONLY}
-    return {"weights": rundir.weights_fingerprint(run), "eval": e, "seed": cfg.seed, "template": cfg.data.template}
+    identity = {"weights": rundir.weights_fingerprint(run), "eval": e, "seed": cfg.seed, "template": cfg.data.template}
+    # A data file's records as read now (its prompts and references, after data.format/columns/
+    # on_bad_record): an edited file is answered and scored again. Built-in sets are fixed by the run
+    # (weights) or the package; only runs with file sets carry the key, so older identities still match.
+    files = {set_name(s): _sha(eval_records(run, s, cfg)) for s in map(str, cfg.eval.sets) if s not in BUILTIN}
+    if files:
+        identity["files"] = files
+    return identity
 
 
 def _heldout_loss(model, tok, cfg: Config, run: Path) -> dict:
@@ -142,6 +151,15 @@ def _heldout_loss(model, tok, cfg: Config, run: Path) -> dict:
         "heldout_ppl": _finite(math.exp(hl)) if hl is not None and hl < 50 else None,
         "heldout": held,
     }
+
+
+def _report_skipped(path, skipped: Counter, records: list) -> None:
+    """A data file's skipped records (data.on_bad_record=skip) are said, not silently dropped."""
+    if skipped:
+        counts = ", ".join(f"{k}: {v}" for k, v in sorted(skipped.items()))
+        print(f"[neftune] eval set {set_name(path)}: skipped {sum(skipped.values())} bad records of {path} ({counts})")
+    if not records:
+        raise NeftuneError(f"{path}: no usable eval records (skipped: {dict(skipped)})")
 
 
 def generate_stage(cfg: Config, run_dir) -> tuple[dict, bool]:
@@ -163,10 +181,15 @@ def generate_stage(cfg: Config, run_dir) -> tuple[dict, bool]:
     scores: dict = {"identity": identity, "generated": [], "sets": {}}
     embedder = None
     for name in cfg.eval.sets:
-        records = eval_records(run, name, cfg)
+        skipped: Counter = Counter()
+        records = eval_records(run, name, cfg, skipped)
+        if str(name) not in BUILTIN:
+            _report_skipped(name, skipped, records)
         if not records:
             continue
         res: dict = {"n": len(records)}
+        if str(name) not in BUILTIN:
+            res["skipped"] = dict(skipped)  # per reason, like the training data's in summary.json
         if parts & {"generate", "metrics", "judge"}:
             capped: list = []
             outs = generations(model, tok, cfg, run, name, records, capped)

@@ -6,6 +6,7 @@ either stage's module.
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 from .. import rundir
@@ -35,7 +36,9 @@ def check_parts(cfg: Config) -> set:
     return parts
 
 
-def eval_records(run_dir, name: str, cfg: Config) -> list[dict]:
+def eval_records(run_dir, name: str, cfg: Config, skipped: Counter | None = None) -> list[dict]:
+    """The set's records (first eval.num_samples). A data file is read with data.format/columns/
+    on_bad_record; with `skip`, its bad records are counted per reason in `skipped`."""
     from ..data import load_records, mtbench_records
 
     if name in rundir.RECORDS:  # "heldout" / "train": the records the run actually used
@@ -48,6 +51,7 @@ def eval_records(run_dir, name: str, cfg: Config) -> list[dict]:
             format=cfg.data.format,
             columns=cfg.data.columns or None,
             on_bad_record=cfg.data.on_bad_record,
+            skipped=skipped,
             require_answer=False,
         )
     n = cfg.eval.num_samples if name != "train" else cfg.eval.overfit_samples

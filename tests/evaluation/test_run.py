@@ -243,3 +243,47 @@ def test_judging_refuses_answer_lists_that_do_not_pair(runs):
     assert judging._judge_set(cfg, Judge(), base, "heldout", rows)["n"] == 4  # paired: judged
     with pytest.raises(NeftuneError, match="heldout.*3 .*4 "):
         judging._judge_set(cfg, Judge(), base, "heldout", rows[:3])
+
+
+def test_eval_file_bad_records_are_counted_and_reported(runs, tmp_path, capsys):
+    """Skipped records of an eval file are counted per reason, logged and kept in results.json, as the
+    training data's skips are in summary.json; a file with nothing usable is an error, not a missing set."""
+    base, _ = runs
+    good = [{"instruction": f"Say {i}.", "output": str(i)} for i in range(3)]
+    lines = [json.dumps(good[0]), "{broken", json.dumps(good[1]), json.dumps({"output": "x"}), json.dumps(good[2])]
+    (tmp_path / "mine.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    sets = f"eval.sets=[heldout,{tmp_path / 'mine.jsonl'}]"
+    assert main(["eval", str(base), *EVAL, sets, "data.on_bad_record=skip", "eval.parts=[generate]"]) == 0
+    out = capsys.readouterr().out
+    assert "mine: skipped 2 bad records" in out and "invalid_json: 1" in out and "missing_field: 1" in out, out
+    res = json.loads((base / "eval" / "results.json").read_text())
+    assert res["sets"]["mine"]["n"] == 3 and res["sets"]["mine"]["skipped"] == {"invalid_json": 1, "missing_field": 1}
+    assert "skipped" not in res["sets"]["heldout"]  # the run's own records: nothing to skip
+    (tmp_path / "mine.jsonl").write_text("{broken\n", encoding="utf-8")
+    assert main(["eval", str(base), *EVAL, sets, "data.on_bad_record=skip", "eval.parts=[generate]"]) == 1
+    err = capsys.readouterr().err
+    assert "mine.jsonl: no usable eval records" in err and "invalid_json" in err, err
+
+
+def test_edited_eval_file_is_answered_again(runs, tmp_path):
+    """Saved answers and scores belong to the eval file's records as they were: changed prompts (or only
+    changed references) are answered/scored again instead of reusing the old scores.json."""
+    from neftune.evaluation.run import generate_stage, run_config
+
+    base, _ = runs
+    path = tmp_path / "mine.jsonl"
+
+    def write(prompts, refs):
+        path.write_text("".join(json.dumps({"instruction": p, "output": r}) + "\n" for p, r in zip(prompts, refs)))
+
+    cfg = load_config(None, [*EVAL, f"eval.sets=[{path}]", "eval.parts=[generate,metrics]"], base=run_config(base))
+    write(["Say one.", "Say two."], ["one", "two"])
+    assert generate_stage(cfg, base)[1] is False
+    assert generate_stage(cfg, base)[1] is True  # unchanged: reused
+    write(["Name a colour.", "Say two."], ["one", "two"])
+    scores, reused = generate_stage(cfg, base)
+    assert not reused
+    rows = read_alpaca_eval(base / "eval" / "generations" / "mine.json")
+    assert [r["instruction"] for r in rows] == ["Name a colour.", "Say two."]
+    write(["Name a colour.", "Say two."], ["red", "two"])  # only a reference changed: similarity is stale
+    assert generate_stage(cfg, base)[1] is False
