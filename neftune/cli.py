@@ -4,6 +4,7 @@ generated from the typed config's attribute docstrings (neftune/config.py)."""
 from __future__ import annotations
 
 import os
+import re
 import sys
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -14,19 +15,32 @@ from .errors import NeftuneError  # noqa: E402
 USAGE = {
     "train": "neftune train [CONFIG.yaml] [key=value ...]\n  Finetune a model (LoRA or full) with NEFTune noise.",
     "eval": "neftune eval RUN_DIR [--against OTHER_RUN_DIR] [CONFIG.yaml] [key=value ...]\n"
-    "  Generate, score and (with --against) judge a finished run; writes RUN_DIR/eval/.",
+    "  Generate, score and (with --against) judge a finished run; writes RUN_DIR/eval/.\n"
+    "  The model, data.template, data.max_length, seed and every training key come from\n"
+    "  RUN_DIR/config.yaml; CONFIG.yaml and key=value may set only the keys below (eval.* and how\n"
+    "  eval-set files are read): a value that would change any other key is refused.",
     "compare": "neftune compare [CONFIG.yaml] [key=value ...]\n"
     "  Baseline (alpha=0) vs NEFTune variants over seeds, evaluation, alpha selection, report.",
 }
 TOP_FIELDS = {
     "train": None,
-    "eval": {"eval", "model", "output_dir", "seed"},
+    "eval": {"eval"},  # + the data.* keys of evaluation.sets.EVAL_DATA_KEYS (evaluation/run.py eval_config)
     "compare": None,
 }
 
 
 def _help(cmd: str) -> str:
-    return f"usage: {USAGE[cmd]}\n\nConfig keys (YAML or key=value, dotted for nested):\n{help_text(only=TOP_FIELDS[cmd])}\n"
+    text = help_text(only=TOP_FIELDS[cmd])
+    if cmd == "eval":
+        from .config import DataConfig
+        from .evaluation.sets import EVAL_DATA_KEYS
+
+        entries = re.split(r"\n(?=  data\.)", help_text(DataConfig, prefix="data."))
+        text += (
+            "\n\ndata.*  (eval: only how eval-set files are read; unset, they are the run's own values)\n"
+            + "\n".join(e for e in entries if e.strip().split(" ")[0] in EVAL_DATA_KEYS)
+        )
+    return f"usage: {USAGE[cmd]}\n\nConfig keys (YAML or key=value, dotted for nested):\n{text}\n"
 
 
 def _split(argv):

@@ -17,6 +17,8 @@ and judge), so an interrupted or repeated evaluation redoes only what is missing
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import hashlib
 import json
 import math
@@ -26,11 +28,11 @@ from pathlib import Path
 
 from .. import rundir
 from ..config import Config, load_config, to_dict
-from ..errors import NeftuneError
+from ..errors import ConfigError, NeftuneError
 from ..rundir import weights_fingerprint  # noqa: F401  (kept importable from here)
 from .items import capped_fraction, exact_results, example_losses, item_ids, train_clean, trained_records
 from .judging import _judge_identity, _judge_set, _make_judge, judge_stage, other_answers  # noqa: F401  (stage 2)
-from .sets import BUILTIN, PARTS, check_sets, eval_records, set_name  # noqa: F401  (importable from here)
+from .sets import BUILTIN, EVAL_DATA_KEYS, PARTS, check_sets, eval_records, set_name  # noqa: F401  (importable from here)
 from .sets import check_parts as _check_parts
 from .summary import _fmt, summary_markdown  # noqa: F401  (importable from here)
 
@@ -283,9 +285,37 @@ def evaluate(cfg: Config, run_dir, against: str | None = None) -> dict:
     return write_results(cfg, run_dir, against, scores, judgments)
 
 
-def evaluate_cli(run_dir, against=None, cfg_file=None, overrides=()):
+def _changed_keys(old, new, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two configs (nested config sections key by key)."""
+    keys = []
+    for f in dataclasses.fields(old):
+        a, b = getattr(old, f.name), getattr(new, f.name)
+        if dataclasses.is_dataclass(a):
+            keys += _changed_keys(a, b, f"{prefix}{f.name}.")
+        elif a != b:
+            keys.append(prefix + f.name)
+    return keys
+
+
+def eval_config(run_dir, cfg_file=None, overrides=()) -> Config:
+    """The run's training config with eval.* (and the EVAL_DATA_KEYS) from CONFIG.yaml / key=value. A file
+    or override that would change anything else (the model, data.template, a training key) is refused:
+    eval always evaluates the run as trained, so such a change could only be silently wrong."""
     base = run_config(run_dir)
-    cfg = load_config(cfg_file, list(overrides), base=base)
+    cfg = load_config(cfg_file, list(overrides), base=copy.deepcopy(base))
+    bad = [k for k in _changed_keys(base, cfg) if not k.startswith("eval.") and k not in EVAL_DATA_KEYS]
+    if bad:
+        src = " + ".join(([str(cfg_file)] if cfg_file else []) + [f"override '{o}'" for o in overrides])
+        raise ConfigError(
+            f"{src}: `neftune eval` cannot change {', '.join(bad)}: {run_dir} is evaluated with the model and "
+            f"settings it was trained with ({rundir.config_path(run_dir)}); set only eval.* and "
+            f"{', '.join(EVAL_DATA_KEYS)} (how eval-set files are read)"
+        )
+    return cfg
+
+
+def evaluate_cli(run_dir, against=None, cfg_file=None, overrides=()):
+    cfg = eval_config(run_dir, cfg_file, overrides)
     res = evaluate(cfg, run_dir, against)
     print(summary_markdown(res))
     print(f"[neftune] wrote {rundir.results_path(run_dir)} and {rundir.eval_summary_path(run_dir)}")

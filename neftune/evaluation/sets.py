@@ -14,6 +14,9 @@ from ..config import Config
 from ..errors import NeftuneError
 
 PARTS = ("generate", "metrics", "loss", "overfit", "judge", "capability", "exact")
+# The keys `neftune eval` may set besides eval.*: how a data-file eval set is read. Everything else
+# (model, data.template, data.max_length, seed, training keys) is the run's, read from RUN/config.yaml.
+EVAL_DATA_KEYS = ("data.format", "data.columns", "data.on_bad_record")
 # Set names the evaluation itself uses: each is one slot of eval/generations/, scores.json and
 # judgments/, so no user file may take it (its answers would overwrite or be overwritten).
 RESERVED = {
