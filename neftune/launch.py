@@ -45,7 +45,8 @@ def run_jobs(what: str, fn: StageFn, jobs: list[Job], cc: CompareConfig, prog) -
         try:
             records.append(_timed(what, fn, job, prog))
         except Exception as e:
-            e.add_note(f"[compare] while running stage {what!r} of run {job.name}")  # type and message unchanged
+            if hasattr(e, "add_note"):  # Python >= 3.11; type and message unchanged
+                e.add_note(f"[compare] while running stage {what!r} of run {job.name}")
             raise
     return records
 

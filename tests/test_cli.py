@@ -118,3 +118,72 @@ def test_train_on_32_records_with_default_data_settings(tmp_path, tiny_llama_dir
     summary = json.loads((out / "summary.json").read_text())
     data = summary.get("data", summary)
     assert data["n_heldout"] == 3 and 0 < data["n_train"] <= 29, data
+
+
+def test_mistyped_option_is_named(tmp_path, capsys):
+    for argv in (["eval", str(tmp_path), "--agaisnt", "x"], ["compare", "--dry-run"], ["train", "--verbose"]):
+        assert main(argv) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"unknown option '{argv[-2] if argv[0] == 'eval' else argv[-1]}'" in err, err
+        assert f"neftune {argv[0]} --help" in err
+
+
+def test_error_line_carries_the_exceptions_notes(capsys, monkeypatch):
+    """The stage/run a sweep failed in (launch.run_jobs adds it as a note) reaches the one error line."""
+    import neftune.compare
+    from neftune.config import CompareConfig
+    from neftune.errors import NeftuneError
+    from neftune.launch import Job, run_jobs
+
+    def failing(cfg, prog, name):
+        raise NeftuneError("data.jsonl:3: bad record")
+
+    def compare(cfg):
+        run_jobs("training", failing, [Job("a5-seed0", cfg)], CompareConfig(), lambda *a: None)
+
+    monkeypatch.setattr(neftune.compare, "compare", compare)
+    assert main(["compare"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert err.startswith("neftune: error: data.jsonl:3: bad record") and "stage 'training' of run a5-seed0" in err
+
+
+def _fake_run(tmp_path):
+    """A run dir as far as `neftune eval` reads it before loading anything: its config.yaml."""
+    from neftune import rundir
+    from neftune.config import load_config
+
+    run = tmp_path / "run"
+    rundir.write_config(
+        run, load_config(None, [f"output_dir={run}", "model=/nonexistent-model", "data.template=chat", "seed=3"])
+    )
+    return run
+
+
+def test_eval_refuses_keys_that_would_change_the_trained_run(tmp_path, capsys):
+    """The run's model and training settings come from RUN/config.yaml; an override or a config file that
+    would change them is refused, naming the keys and the ones eval accepts, before any work."""
+    run = _fake_run(tmp_path)
+    for args, keys in (
+        (["model=other-model"], "model"),
+        (["data.template=alpaca", "eval.num_samples=2"], "data.template"),
+        (["seed=4"], "seed"),
+        (["output_dir=elsewhere"], "output_dir"),
+        ([str(ROOT / "configs" / "default.yaml")], "data.template"),  # a training config over the run's
+    ):
+        assert main(["eval", str(run), *args]) == 1, args
+        err = capsys.readouterr().err
+        assert err.startswith("neftune: error: ") and err.count("\n") == 1, err
+        assert "`neftune eval` cannot change " in err and keys in err, (args, err)
+        assert "eval.*" in err and "data.format, data.columns, data.on_bad_record" in err, err
+        assert not (run / "eval").exists()
+
+
+def test_eval_help_lists_exactly_the_keys_eval_reads_from_the_command_line(capsys):
+    assert main(["eval", "--help"]) == 0
+    text = capsys.readouterr().out
+    for key in ("eval.num_samples", "eval.judge", "data.format", "data.columns", "data.on_bad_record"):
+        assert f"  {key} (" in text, key
+    for key in ("model", "output_dir", "seed", "data.template", "data.max_length", "data.path", "learning_rate"):
+        assert f"\n  {key} (" not in text, key  # not settable here: eval reads them from RUN_DIR/config.yaml
+    assert "RUN_DIR/config.yaml" in text and "data.template" in text

@@ -32,7 +32,7 @@ from typing import Optional
 import torch
 
 from ..errors import DataError, NeftuneError
-from ..modeling import backbone_and_head, unwrap
+from ..modeling import backbone_and_head, logit_transform
 
 DEFAULT_QUESTIONS = Path(__file__).parent / "assets" / "mc_questions.jsonl"
 SOURCE = "neftune mc_questions v1 (original, project licence)"
@@ -103,7 +103,7 @@ def choice_logprobs(
 
     reqs = build_requests(tokenizer, questions, add_bos)
     backbone, head = backbone_and_head(model)
-    cap = getattr(unwrap(model).config, "final_logit_softcapping", None)
+    transform = logit_transform(model)  # Granite/Cohere scaling, Gemma soft-cap: as the loss applies them
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
     device = next(model.parameters()).device
     scores: list[Optional[float]] = [None] * len(reqs)
@@ -130,9 +130,7 @@ def choice_logprobs(
                 # would otherwise make full-sequence logits the bulk of the cost.
                 target = labels[:, 1:].to(device)
                 keep = target != -100
-                logits = head(hidden[:, :-1][keep]).float()
-                if cap:
-                    logits = torch.tanh(logits / cap) * cap
+                logits = transform(head(hidden[:, :-1][keep]).float())
                 tok_lp = torch.log_softmax(logits, -1).gather(-1, target[keep].unsqueeze(-1)).squeeze(-1)
                 rows = keep.nonzero()[:, 0]
                 sums = torch.zeros(len(idxs), dtype=torch.float64, device=tok_lp.device)

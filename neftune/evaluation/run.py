@@ -5,9 +5,10 @@
    resumable, plus the single-model metrics: answer length, diversity, similarity to the
    reference, held-out loss/perplexity (no noise), overlap with training answers (ROUGE-L/BLEU,
    the paper's overfitting check) and multiple-choice capability retention -> eval/scores.json.
-2. judge (`judge_stage`, with --against): this run's saved answers (A) against OTHER's saved answers
-   (B), read from the two generation files, with raw and length-controlled win rates. It never loads
-   OTHER's model and never writes into OTHER's dir -> eval/judgments/<set>.json (in this run's dir).
+2. judge (`judge_stage`, in evaluation/judging.py; with --against): this run's saved answers (A)
+   against OTHER's saved answers (B), read from the two generation files, with raw and
+   length-controlled win rates. It never loads OTHER's model and never writes into OTHER's dir
+   -> eval/judgments/<set>.json (in this run's dir).
 3. results (`write_results`): both merged -> eval/results.json, summary.md, config.yaml.
 
 Each stage is reused when its inputs are unchanged (same weights and settings; same two answer files
@@ -16,20 +17,25 @@ and judge), so an interrupted or repeated evaluation redoes only what is missing
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import hashlib
 import json
 import math
 import time
+from collections import Counter
 from pathlib import Path
 
 from .. import rundir
 from ..config import Config, load_config, to_dict
-from ..errors import NeftuneError
+from ..errors import ConfigError, NeftuneError
 from ..rundir import weights_fingerprint  # noqa: F401  (kept importable from here)
 from .items import capped_fraction, exact_results, example_losses, item_ids, train_clean, trained_records
+from .judging import _judge_identity, _judge_set, _make_judge, judge_stage, other_answers  # noqa: F401  (stage 2)
+from .sets import BUILTIN, EVAL_DATA_KEYS, PARTS, check_sets, eval_records, set_name  # noqa: F401  (importable from here)
+from .sets import check_parts as _check_parts
 from .summary import _fmt, summary_markdown  # noqa: F401  (importable from here)
 
-PARTS = ("generate", "metrics", "loss", "overfit", "judge", "capability", "exact")
 # EvalConfig keys that only change the judging stage, never the answers or single-model metrics.
 JUDGE_ONLY = (
     "judge",
@@ -47,29 +53,6 @@ SPEED_ONLY = ("pack_weights",)
 
 def run_config(run_dir) -> Config:
     return rundir.read_config(run_dir)
-
-
-def eval_records(run_dir, name: str, cfg: Config) -> list[dict]:
-    from ..data import load_records, mtbench_records
-
-    if name in rundir.RECORDS:  # "heldout" / "train": the records the run actually used
-        recs = rundir.read_records(run_dir, name)
-    elif name == "mt-bench":
-        recs = mtbench_records()
-    else:
-        recs = load_records(
-            name,
-            format=cfg.data.format,
-            columns=cfg.data.columns or None,
-            on_bad_record=cfg.data.on_bad_record,
-            require_answer=False,
-        )
-    n = cfg.eval.num_samples if name != "train" else cfg.eval.overfit_samples
-    return recs[:n] if n else recs
-
-
-def set_name(name: str) -> str:
-    return name if name in ("heldout", "mt-bench", "train", "exact") else Path(name).stem
 
 
 def _instruction(record) -> str:
@@ -100,14 +83,6 @@ def decoding_settings(cfg: Config) -> dict:
 
 def _finite(x):
     return x if isinstance(x, (int, float)) and math.isfinite(x) else None
-
-
-def _check_parts(cfg: Config) -> set:
-    parts = set(cfg.eval.parts)
-    unknown = parts - set(PARTS)
-    if unknown:
-        raise NeftuneError(f"eval.parts: unknown {sorted(unknown)}; choose from {PARTS}")
-    return parts
 
 
 # ----------------------------------------------------------------------------- stage 1: generate
@@ -160,7 +135,14 @@ def generations(
 def _generation_identity(cfg: Config, run: Path) -> dict:
     """Everything stage 1's output depends on: the weights and every eval setting but the judge's."""
     e = {k: v for k, v in to_dict(cfg.eval).items() if k not in JUDGE_ONLY + SPEED_ONLY}
-    return {"weights": rundir.weights_fingerprint(run), "eval": e, "seed": cfg.seed, "template": cfg.data.template}
+    identity = {"weights": rundir.weights_fingerprint(run), "eval": e, "seed": cfg.seed, "template": cfg.data.template}
+    # A data file's records as read now (its prompts and references, after data.format/columns/
+    # on_bad_record): an edited file is answered and scored again. Built-in sets are fixed by the run
+    # (weights) or the package; only runs with file sets carry the key, so older identities still match.
+    files = {set_name(s): _sha(eval_records(run, s, cfg)) for s in map(str, cfg.eval.sets) if s not in BUILTIN}
+    if files:
+        identity["files"] = files
+    return identity
 
 
 def _heldout_loss(model, tok, cfg: Config, run: Path) -> dict:
@@ -173,6 +155,15 @@ def _heldout_loss(model, tok, cfg: Config, run: Path) -> dict:
     }
 
 
+def _report_skipped(path, skipped: Counter, records: list) -> None:
+    """A data file's skipped records (data.on_bad_record=skip) are said, not silently dropped."""
+    if skipped:
+        counts = ", ".join(f"{k}: {v}" for k, v in sorted(skipped.items()))
+        print(f"[neftune] eval set {set_name(path)}: skipped {sum(skipped.values())} bad records of {path} ({counts})")
+    if not records:
+        raise NeftuneError(f"{path}: no usable eval records (skipped: {dict(skipped)})")
+
+
 def generate_stage(cfg: Config, run_dir) -> tuple[dict, bool]:
     """This run's answers and single-model metrics -> eval/scores.json. Returns (scores, reused)."""
     from ..data import reference
@@ -180,6 +171,7 @@ def generate_stage(cfg: Config, run_dir) -> tuple[dict, bool]:
     from .metrics import Embedder, bleu, diversity, length_lists, length_stats, rouge_l, rouge_l_scores
 
     run, parts = Path(run_dir), _check_parts(cfg)
+    check_sets(cfg)  # one slot per set, refused before any generation
     identity = _generation_identity(cfg, run)
     saved = rundir.read_json(rundir.scores_path(run))
     if saved.get("identity") == identity and all(
@@ -191,10 +183,15 @@ def generate_stage(cfg: Config, run_dir) -> tuple[dict, bool]:
     scores: dict = {"identity": identity, "generated": [], "sets": {}}
     embedder = None
     for name in cfg.eval.sets:
-        records = eval_records(run, name, cfg)
+        skipped: Counter = Counter()
+        records = eval_records(run, name, cfg, skipped)
+        if str(name) not in BUILTIN:
+            _report_skipped(name, skipped, records)
         if not records:
             continue
         res: dict = {"n": len(records)}
+        if str(name) not in BUILTIN:
+            res["skipped"] = dict(skipped)  # per reason, like the training data's in summary.json
         if parts & {"generate", "metrics", "judge"}:
             capped: list = []
             outs = generations(model, tok, cfg, run, name, records, capped)
@@ -260,137 +257,6 @@ def generate_stage(cfg: Config, run_dir) -> tuple[dict, bool]:
     return scores, False
 
 
-# ----------------------------------------------------------------------------- stage 2: judge
-def other_answers(run: Path, other: Path, sname: str) -> list[dict]:
-    """OTHER's saved answers to the set, checked to pair with this run's: same prompts, same decoding
-    settings, made by OTHER's current weights. Read-only: OTHER's dir is never written."""
-    from .generate import read_alpaca_eval
-
-    mine, theirs = (rundir.read_json(rundir.generations_meta_path(r, sname)) for r in (run, other))
-    redo = f"run `neftune eval {other}` first, with the same eval settings as this evaluation"
-    if not rundir.generations_path(other, sname).exists() or not theirs:
-        raise NeftuneError(
-            f"{other}: no saved answers to the {sname!r} set ({rundir.generations_path(other, sname)} missing); {redo}"
-        )
-    if theirs.get("decoding") != mine.get("decoding"):
-        diff = sorted(
-            k
-            for k in set(mine.get("decoding", {})) | set(theirs.get("decoding") or {})
-            if (mine.get("decoding") or {}).get(k) != (theirs.get("decoding") or {}).get(k)
-        )
-        raise NeftuneError(
-            f"{rundir.generations_path(other, sname)}: made with different decoding settings "
-            f"({', '.join(diff)} differ); {redo}"
-        )
-    if theirs.get("instructions_sha256") != mine.get("instructions_sha256"):
-        raise NeftuneError(
-            f"{rundir.generations_path(other, sname)}: answers a different prompt list than {run}'s "
-            f"{sname!r} set (n={theirs.get('n')} vs {mine.get('n')}); {redo}"
-        )
-    if theirs.get("weights") != rundir.weights_fingerprint(other):
-        raise NeftuneError(
-            f"{rundir.generations_path(other, sname)}: made by older weights ({other} was retrained since); {redo}"
-        )
-    return read_alpaca_eval(rundir.generations_path(other, sname))
-
-
-def _judge_identity(cfg: Config) -> dict:
-    e = cfg.eval
-    return {
-        "judge": e.judge,
-        "model": e.judge_model if e.judge == "llm" else None,
-        "tie_margin": e.tie_margin if e.judge == "offline" else None,
-        "bootstrap": e.bootstrap,
-        "seed": cfg.seed,
-    }
-
-
-def judge_stage(cfg: Config, run_dir, against) -> tuple[dict, bool]:
-    """Verdicts of this run's answers (A) against OTHER's (B) per set -> eval/judgments/<set>.json.
-    Returns ({set: win-rate summary}, reused)."""
-    run, other = Path(run_dir), Path(against)
-    if "judge" not in _check_parts(cfg):
-        return {}, True
-    scores = rundir.read_json(rundir.scores_path(run))
-    out, reused, judge = {}, True, None
-    for name in cfg.eval.sets:
-        sname = set_name(name)
-        if sname not in scores.get("generated", []):
-            continue
-        b_rows = other_answers(run, other, sname)
-        key = {
-            "against": str(other),
-            "judge": _judge_identity(cfg),
-            "a_sha256": rundir.file_sha256(rundir.generations_path(run, sname)),
-            "b_sha256": rundir.file_sha256(rundir.generations_path(other, sname)),
-        }
-        saved = rundir.read_json(rundir.judgments_path(run, sname))
-        if saved.get("key") == key:
-            out[sname] = saved["summary"]
-            continue
-        reused = False
-        t0 = time.time()
-        if judge is None:
-            judge = _make_judge(cfg)
-        summary = _judge_set(cfg, judge, run, name, b_rows) if judge else {}
-        if summary:
-            summary["against"] = str(other)
-        rundir.write_json(
-            rundir.judgments_path(run, sname),
-            {"key": key, "summary": summary, "wall_time_s": round(time.time() - t0, 1)},
-        )
-        out[sname] = summary
-    return out, reused
-
-
-def _make_judge(cfg: Config):
-    """The configured judge, or False for `judge: none` (so it is built once, lazily)."""
-    from ..assets import cache_dir
-    from .judge import make_judge
-
-    cache = cache_dir() / "judge" / f"{cfg.eval.judge}.jsonl" if cfg.eval.judge == "llm" else None
-    return make_judge(cfg.eval, cache_path=cache) or False
-
-
-def _judge_set(cfg: Config, judge, run: Path, name: str, b_rows: list[dict]) -> dict:
-    from ..data import reference
-    from .generate import read_alpaca_eval
-    from .metrics import length_lists
-    from .winrate import win_rate_summary
-
-    a_rows = read_alpaca_eval(rundir.generations_path(run, set_name(name)))
-    records = eval_records(run, name, cfg)
-    refs = [reference(r) for r in records]
-    outs_a, outs_b = [r["output"] for r in a_rows], [r["output"] for r in b_rows]
-    items = [
-        {"prompt": a["instruction"], "answer_a": a["output"], "answer_b": b["output"], "reference": ref}
-        for a, b, ref in zip(a_rows, b_rows, refs)
-    ]
-    judged = judge.judge_many(items, progress=True)
-    verdicts = [v for v, _ in judged]
-    infos = [info or {} for _, info in judged]
-    bases = [i.get("basis") for i in infos]
-    summary = win_rate_summary(
-        verdicts,
-        length_lists(outs_a)["chars"],
-        length_lists(outs_b)["chars"],
-        n_boot=cfg.eval.bootstrap,
-        seed=cfg.seed,
-        bases=bases,
-    )
-    summary["items"] = {
-        "id": item_ids(records),
-        "verdict": verdicts,
-        "margin": [_finite(i.get("margin")) for i in infos],
-        "basis": bases,
-    }
-    summary["judge"] = cfg.eval.judge if cfg.eval.judge != "llm" else f"llm:{cfg.eval.judge_model}"
-    summary["verdicts"] = verdicts
-    if hasattr(judge, "stats"):
-        summary["judge_stats"] = dict(judge.stats)
-    return summary
-
-
 # ----------------------------------------------------------------------------- stage 3: results
 def write_results(cfg: Config, run_dir, against, scores: dict, judgments: dict) -> dict:
     """scores + judgments -> eval/results.json, summary.md, config.yaml (left untouched when unchanged)."""
@@ -419,9 +285,37 @@ def evaluate(cfg: Config, run_dir, against: str | None = None) -> dict:
     return write_results(cfg, run_dir, against, scores, judgments)
 
 
-def evaluate_cli(run_dir, against=None, cfg_file=None, overrides=()):
+def _changed_keys(old, new, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two configs (nested config sections key by key)."""
+    keys = []
+    for f in dataclasses.fields(old):
+        a, b = getattr(old, f.name), getattr(new, f.name)
+        if dataclasses.is_dataclass(a):
+            keys += _changed_keys(a, b, f"{prefix}{f.name}.")
+        elif a != b:
+            keys.append(prefix + f.name)
+    return keys
+
+
+def eval_config(run_dir, cfg_file=None, overrides=()) -> Config:
+    """The run's training config with eval.* (and the EVAL_DATA_KEYS) from CONFIG.yaml / key=value. A file
+    or override that would change anything else (the model, data.template, a training key) is refused:
+    eval always evaluates the run as trained, so such a change could only be silently wrong."""
     base = run_config(run_dir)
-    cfg = load_config(cfg_file, list(overrides), base=base)
+    cfg = load_config(cfg_file, list(overrides), base=copy.deepcopy(base))
+    bad = [k for k in _changed_keys(base, cfg) if not k.startswith("eval.") and k not in EVAL_DATA_KEYS]
+    if bad:
+        src = " + ".join(([str(cfg_file)] if cfg_file else []) + [f"override '{o}'" for o in overrides])
+        raise ConfigError(
+            f"{src}: `neftune eval` cannot change {', '.join(bad)}: {run_dir} is evaluated with the model and "
+            f"settings it was trained with ({rundir.config_path(run_dir)}); set only eval.* and "
+            f"{', '.join(EVAL_DATA_KEYS)} (how eval-set files are read)"
+        )
+    return cfg
+
+
+def evaluate_cli(run_dir, against=None, cfg_file=None, overrides=()):
+    cfg = eval_config(run_dir, cfg_file, overrides)
     res = evaluate(cfg, run_dir, against)
     print(summary_markdown(res))
     print(f"[neftune] wrote {rundir.results_path(run_dir)} and {rundir.eval_summary_path(run_dir)}")

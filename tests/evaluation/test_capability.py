@@ -150,3 +150,33 @@ def test_lm_eval_passthrough(monkeypatch, tmp_path):
         and "pretrained=/base" in calls["model_args"]
     )
     assert calls["tasks"] == ["arc_easy"] and calls["limit"] == 4
+
+
+@pytest.mark.parametrize(
+    "family, kw",
+    [("Granite", {"logits_scaling": 8.0}), ("Cohere", {"logit_scale": 0.0625})],
+    ids=["granite-logits_scaling", "cohere-logit_scale"],
+)
+def test_logit_transforms_are_applied_like_the_models_forward(family, kw, tiny_tokenizer):
+    """Capability scoring applies the model's own logit transform (modeling.logit_transform), not only
+    Gemma's soft-cap: the log-probs equal those of the model's full forward."""
+    import transformers
+
+    from tests.conftest import TINY_DIMS
+
+    tok = tiny_tokenizer
+    torch.manual_seed(0)
+    cfg = getattr(transformers, f"{family}Config")(
+        vocab_size=len(tok),
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        **TINY_DIMS,
+        **kw,
+    )
+    model = getattr(transformers, f"{family}ForCausalLM")(cfg).eval()
+    qs = load_questions(n=3)
+    got = choice_logprobs(model, tok, qs, batch_size=5, progress=False)
+    ref = _reference(model, tok, qs)
+    for g, r in zip(got, ref):
+        assert [s for s, _ in g] == pytest.approx([s for s, _ in r], abs=1e-4)

@@ -182,3 +182,108 @@ def test_speed_only_settings_do_not_invalidate_saved_answers(tmp_path):
     assert _generation_identity(on, tmp_path) == _generation_identity(off, tmp_path)
     assert "pack_weights" not in _generation_identity(on, tmp_path)["eval"]  # as saved before the key existed
     assert _generation_identity(on, tmp_path) != _generation_identity(longer, tmp_path)
+
+
+def test_stage_two_lives_in_judging_and_old_import_paths_still_work():
+    import subprocess
+    import sys
+
+    from neftune.evaluation import judging, run, sets
+
+    for name in ("judge_stage", "other_answers", "_judge_identity", "_make_judge", "_judge_set"):
+        assert getattr(run, name) is getattr(judging, name)
+    assert run.set_name is sets.set_name and run.eval_records is sets.eval_records and run.PARTS == sets.PARTS
+    # each module imports on its own (no import cycle between the stages)
+    for mod in ("judging", "sets", "run"):
+        r = subprocess.run([sys.executable, "-c", f"import neftune.evaluation.{mod}"], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr[-2000:]
+
+
+def _alpaca_file(path: Path, n: int = 2, tag: str = "") -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = [{"instruction": f"Say {tag}{i}.", "input": "", "output": f"{tag}{i}"} for i in range(n)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return str(path)
+
+
+def test_eval_set_names_are_distinct_and_not_reserved(runs, tmp_path, capsys):
+    """Every set has its own slot (generations/scores/judgments); a clash is refused before any generation."""
+    base, _ = runs
+    a, b = _alpaca_file(tmp_path / "a" / "test.jsonl"), _alpaca_file(tmp_path / "b" / "test.jsonl")
+    probe = _alpaca_file(tmp_path / "c" / "train.json")
+    cases = {
+        f"eval.sets=[{a},{b}]": ["'test'", a, b],
+        "eval.sets=[heldout,train]": ["'train'", "overfitting probe"],
+        f"eval.sets=[heldout,{probe}]": ["'train'", probe, "rename"],
+        "eval.sets=[heldout,heldout]": ["'heldout'"],
+    }
+    for sets, words in cases.items():
+        assert main(["eval", str(base), *EVAL, sets]) == 1, sets
+        err = capsys.readouterr().err
+        assert err.startswith("neftune: error: eval.sets: ") and err.count("\n") == 1, err
+        assert all(w in err for w in words), (sets, err)
+        assert not (base / "eval").exists()  # refused before anything was generated
+
+
+def test_judging_refuses_answer_lists_that_do_not_pair(runs):
+    """A length mismatch between the two runs' answers and the set's prompts is an error, never a truncation."""
+    from neftune.errors import NeftuneError
+    from neftune.evaluation import judging
+    from neftune.evaluation.run import run_config
+
+    base, _ = runs
+    assert main(["eval", str(base), *EVAL]) == 0
+    cfg = load_config(None, EVAL, base=run_config(base))
+    rows = read_alpaca_eval(base / "eval" / "generations" / "heldout.json")
+
+    class Judge:
+        def judge_many(self, items, progress=False):
+            return [(1, {"basis": "reference", "margin": 0.1}) for _ in items]
+
+    assert judging._judge_set(cfg, Judge(), base, "heldout", rows)["n"] == 4  # paired: judged
+    with pytest.raises(NeftuneError, match="heldout.*3 .*4 "):
+        judging._judge_set(cfg, Judge(), base, "heldout", rows[:3])
+
+
+def test_eval_file_bad_records_are_counted_and_reported(runs, tmp_path, capsys):
+    """Skipped records of an eval file are counted per reason, logged and kept in results.json, as the
+    training data's skips are in summary.json; a file with nothing usable is an error, not a missing set."""
+    base, _ = runs
+    good = [{"instruction": f"Say {i}.", "output": str(i)} for i in range(3)]
+    lines = [json.dumps(good[0]), "{broken", json.dumps(good[1]), json.dumps({"output": "x"}), json.dumps(good[2])]
+    (tmp_path / "mine.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    sets = f"eval.sets=[heldout,{tmp_path / 'mine.jsonl'}]"
+    assert main(["eval", str(base), *EVAL, sets, "data.on_bad_record=skip", "eval.parts=[generate]"]) == 0
+    out = capsys.readouterr().out
+    assert "mine: skipped 2 bad records" in out and "invalid_json: 1" in out and "missing_field: 1" in out, out
+    res = json.loads((base / "eval" / "results.json").read_text())
+    assert res["sets"]["mine"]["n"] == 3 and res["sets"]["mine"]["skipped"] == {"invalid_json": 1, "missing_field": 1}
+    assert "skipped" not in res["sets"]["heldout"]  # the run's own records: nothing to skip
+    (tmp_path / "mine.jsonl").write_text("{broken\n", encoding="utf-8")
+    assert main(["eval", str(base), *EVAL, sets, "data.on_bad_record=skip", "eval.parts=[generate]"]) == 1
+    err = capsys.readouterr().err
+    assert "mine.jsonl: no usable eval records" in err and "invalid_json" in err, err
+
+
+def test_edited_eval_file_is_answered_again(runs, tmp_path):
+    """Saved answers and scores belong to the eval file's records as they were: changed prompts (or only
+    changed references) are answered/scored again instead of reusing the old scores.json."""
+    from neftune.evaluation.run import generate_stage, run_config
+
+    base, _ = runs
+    path = tmp_path / "mine.jsonl"
+
+    def write(prompts, refs):
+        path.write_text("".join(json.dumps({"instruction": p, "output": r}) + "\n" for p, r in zip(prompts, refs)))
+
+    cfg = load_config(None, [*EVAL, f"eval.sets=[{path}]", "eval.parts=[generate,metrics]"], base=run_config(base))
+    write(["Say one.", "Say two."], ["one", "two"])
+    assert generate_stage(cfg, base)[1] is False
+    assert generate_stage(cfg, base)[1] is True  # unchanged: reused
+    write(["Name a colour.", "Say two."], ["one", "two"])
+    scores, reused = generate_stage(cfg, base)
+    assert not reused
+    rows = read_alpaca_eval(base / "eval" / "generations" / "mine.json")
+    assert [r["instruction"] for r in rows] == ["Name a colour.", "Say two."]
+    write(["Name a colour.", "Say two."], ["red", "two"])  # only a reference changed: similarity is stale
+    assert generate_stage(cfg, base)[1] is False
