@@ -107,7 +107,8 @@ class LoraConfig:
 @dataclass
 class EvalConfig:
     sets: list = field(default_factory=lambda: ["heldout", "mt-bench"])
-    """Eval prompt sets: heldout (the run's held-out split), mt-bench (80 first turns), or paths of data files."""
+    """Eval prompt sets: heldout (the run's held-out split), mt-bench (80 first turns), or paths of data files (saved
+    under the file's stem: names must be distinct, and no file may be named heldout/mt-bench/train/trained/exact)."""
     num_samples: Optional[int] = 32
     """Prompts per set (first N, fixed order); None or 0 = all."""
     parts: list[EvalPart] = field(

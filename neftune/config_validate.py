@@ -118,6 +118,7 @@ def validate(cfg: Config) -> None:
     )
     _check_scheduler(cfg.lr_scheduler_type)
     _check_launcher(cfg.compare)
+    _check_eval_sets(cfg)
     for i, v in enumerate(cfg.compare.variants):
         need(isinstance(v, dict) and "name" in v, "compare.variants", f"each variant needs a name, got {v!r}")
         try:
@@ -125,6 +126,18 @@ def validate(cfg: Config) -> None:
         except ConfigError as e:
             e.key = "compare.variants"  # a key inside a variant is not the top-level key of that name
             raise
+
+
+def _check_eval_sets(cfg: Config) -> None:
+    # each eval set needs its own slot (evaluation/sets.py); checked at load too, so that `neftune compare`
+    # fails before training rather than at its first generation
+    from .errors import NeftuneError
+    from .evaluation.sets import check_sets
+
+    try:
+        check_sets(cfg)
+    except NeftuneError as e:
+        need(False, "eval.sets", str(e).removeprefix("eval.sets: "), sep=": ")
 
 
 def _check_launcher(cc: CompareConfig) -> None:

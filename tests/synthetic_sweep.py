@@ -1,4 +1,4 @@
-"""A finished sweep written straight into the rundir layout, in the per-item results format (CONTRACT):
+"""A finished sweep written straight into the rundir layout, in the per-item results format (docs/DESIGN.md, per-item keys):
 no training, no model. Variant values = the same-seed baseline's + independent noise + a planted effect,
 so a planted effect must show and a zero effect must not."""
 

@@ -260,3 +260,19 @@ def test_a_bad_override_of_a_file_key_names_the_override_not_the_line(tmp_path):
     with pytest.raises(ConfigError) as e:
         load_config(str(p), ["logging_steps=0"])
     assert "override 'logging_steps=0'" in str(e.value) and "c.yaml:2" not in str(e.value), str(e.value)
+
+
+@pytest.mark.parametrize(
+    "sets, needle",
+    [
+        ("[a/test.json,b/test.json]", "share the set name 'test'"),
+        ("[heldout,heldout]", "share the set name 'heldout'"),
+        ("[train]", "reserved"),
+        ("[data/exact.jsonl]", "reserved"),
+    ],
+)
+def test_eval_sets_that_would_share_a_slot_fail_at_load(sets, needle):
+    """Checked when the config loads, so `neftune compare` stops before training, not at its first generation."""
+    with pytest.raises(ConfigError, match="eval.sets") as e:
+        load_config(None, [f"eval.sets={sets}"])
+    assert needle in str(e.value)

@@ -1,4 +1,4 @@
-"""Per-item values of one run's evaluation (the per-item results contract, CONTRACT.md / docs/DESIGN.md).
+"""Per-item values of one run's evaluation (the per-item results contract in docs/DESIGN.md).
 
 Every per-item list in results.json sits beside an `id` list. Ids come from the records themselves
 (`data.record_id`) or from fixed question lists, never from the training seed or the variant, so a

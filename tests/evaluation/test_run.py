@@ -125,7 +125,7 @@ def _aligned(items: dict, n: int):
 
 
 def test_results_carry_per_item_values_paired_by_id(runs):
-    """The per-item contract (CONTRACT.md): every list aligned with an id list, ids equal across runs."""
+    """The per-item contract (docs/DESIGN.md): every list aligned with an id list, ids equal across runs."""
     base, neft = runs
     assert main(["eval", str(base), *EVAL]) == 0
     assert main(["eval", str(neft), "--against", str(base), *EVAL]) == 0
