@@ -165,9 +165,9 @@ def claim_output_dir(cfg: Config, acc) -> tuple[Path, Path | None]:
     if ckpt is not None:
         check_resume(ckpt, cfg, acc.num_processes)
     resuming_here = ckpt is not None and ckpt.resolve().parent == out.resolve()
-    found = [] if resuming_here else previous_run(out)
+    found = [] if resuming_here else rundir.previous_run(out)
     if found and not cfg.overwrite_output_dir:
-        resumable = any(n.startswith("checkpoint-") for n in found)
+        resumable = rundir.latest_checkpoint(out) is not None
         raise NeftuneError(
             f"output_dir {out} holds a previous run ({', '.join(found)}); "
             + ("resume it with resume_from_checkpoint=latest, " if resumable else "")
@@ -175,7 +175,7 @@ def claim_output_dir(cfg: Config, acc) -> tuple[Path, Path | None]:
         )
     if acc.is_main_process:
         if cfg.overwrite_output_dir and not resuming_here and out.is_dir():
-            removed = remove_previous_run(out)
+            removed = rundir.remove_previous_run(out)
             if removed:
                 print(f"[neftune] overwrite_output_dir: removed {', '.join(removed)} from {out}")
         elif resuming_here:  # unfinished again until _finish writes it: never reused as finished meanwhile
@@ -198,7 +198,7 @@ def check_resume(ckpt: Path, cfg: Config, world: int) -> None:
     if not saved.exists():
         saved = rundir.config_path(ckpt.parent)
         if not saved.exists():
-            print(f"[neftune] warning: {ckpt} carries no config.yaml; cannot check it was trained with this config")
+            print(f"[neftune] warning: {ckpt} carries no saved config; cannot check it was trained with this config")
             return
     old, new = training_identity(rundir.read_config(ckpt, path=saved)), training_identity(cfg)
     old_world = int(rundir.read_trainer_state(ckpt).get("world_size", world))
@@ -228,47 +228,3 @@ def _differing_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
 def _short(v: Any) -> str:
     r = repr(v)
     return r if len(r) <= 40 else r[:37] + "..."
-
-
-# A previous run's artefacts: finding one of these in output_dir means another run lives there.
-_RUN_FILES = ("*.safetensors", rundir.SUMMARY)
-# Deleted by overwrite_output_dir: the HF save_pretrained outputs, metrics, tensorboard events, data records,
-# evaluation, checkpoints. File patterns, not whole folders (`runs/` is also a sweep's folder of runs);
-# config.yaml is rewritten; anything else in the dir is left alone.
-_OVERWRITTEN = (
-    "*.safetensors",
-    "*.safetensors.index.json",
-    "config.json",
-    "adapter_config.json",
-    "generation_config.json",
-    "tokenizer*",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "chat_template.*",
-    rundir.SUMMARY,
-    rundir.METRICS,
-    f"{rundir.TENSORBOARD}/events.out.tfevents.*",
-    *(f"data/{split}.jsonl" for split in rundir.RECORDS),
-    "eval",
-    "checkpoint-*",
-    ".tmp-checkpoint-*",
-)
-
-
-def previous_run(out: Path) -> list[str]:
-    """The names of a previous run's artefacts in `out` (summary.json, final weights, complete checkpoints)."""
-    if not out.is_dir():
-        return []
-    found = sorted({p.name for pattern in _RUN_FILES for p in out.glob(pattern)})
-    return found + [p.name for p in rundir.list_checkpoints(out)]
-
-
-def remove_previous_run(out: Path) -> list[str]:
-    """Delete a previous run's artefacts from `out` (overwrite_output_dir=true); returns their names."""
-    gone = sorted({p for pattern in _OVERWRITTEN for p in out.glob(pattern)})
-    for p in gone:
-        if p.is_dir():
-            shutil.rmtree(p)
-        else:
-            p.unlink()
-    return [str(p.relative_to(out)) for p in gone]

@@ -319,8 +319,11 @@ def load_config(path: Optional[str] = None, overrides: list[str] = (), base: Opt
         validate(cfg)
     except ConfigError as e:
         key = getattr(e, "key", None)  # set by validate's checks: the key whose value is bad
-        if path and key in lines and not any(key == o or key.startswith(o + ".") for o in overridden):
-            raise ConfigError(f"{path}:{lines[key]}: {e}") from None  # the file's value, not an override's
+        setters = [ov for ov, o in zip(overrides, overridden) if key and (key == o or key.startswith(o + "."))]
+        if setters:  # the last override that set the key (its value is the one in force), not all of them
+            raise ConfigError(f"override '{setters[-1]}': {e}") from None
+        if path and key in lines:
+            raise ConfigError(f"{path}:{lines[key]}: {e}") from None  # the file's value
         src = " + ".join(([str(path)] if path else []) + [f"override '{o}'" for o in overrides]) or "config"
         raise ConfigError(f"{src}: {e}") from None
     return cfg

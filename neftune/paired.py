@@ -72,7 +72,7 @@ def _num(v):
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
 
 
-def item_map(res: dict, path: list, field: str, basis: str | None = None, where="results.json") -> dict | None:
+def item_map(res: dict, path: list, field: str, basis: str | None = None, where="a run's results") -> dict | None:
     """{id: value} of one per-item list (None when the run has no such items). A repeated id is a
     DataError naming `where` (the results file): keeping one of its values would pair the wrong items."""
     items = _dig(res, path)

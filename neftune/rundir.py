@@ -316,3 +316,47 @@ def read_compare(sweep: PathLike) -> dict:
 
 def report_dir(sweep: PathLike) -> Path:
     return Path(sweep) / "report"
+
+
+# A previous run's artefacts: finding one of these in output_dir means another run lives there.
+_RUN_FILES = ("*.safetensors", SUMMARY)
+# Deleted by overwrite_output_dir: the HF save_pretrained outputs, metrics, tensorboard events, data records,
+# evaluation, checkpoints. File patterns, not whole folders (`runs/` is also a sweep's folder of runs);
+# config.yaml is rewritten; anything else in the dir is left alone.
+_OVERWRITTEN = (
+    "*.safetensors",
+    "*.safetensors.index.json",
+    "config.json",
+    "adapter_config.json",
+    "generation_config.json",
+    "tokenizer*",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "chat_template.*",
+    SUMMARY,
+    METRICS,
+    f"{TENSORBOARD}/events.out.tfevents.*",
+    *(f"data/{split}.jsonl" for split in RECORDS),
+    "eval",
+    f"{_CKPT}*",
+    f"{_TMP_CKPT}*",
+)
+
+
+def previous_run(out: Path) -> list[str]:
+    """The names of a previous run's artefacts in `out` (summary.json, final weights, complete checkpoints)."""
+    if not out.is_dir():
+        return []
+    found = sorted({p.name for pattern in _RUN_FILES for p in out.glob(pattern)})
+    return found + [p.name for p in list_checkpoints(out)]
+
+
+def remove_previous_run(out: Path) -> list[str]:
+    """Delete a previous run's artefacts from `out` (overwrite_output_dir=true); returns their names."""
+    gone = sorted({p for pattern in _OVERWRITTEN for p in out.glob(pattern)})
+    for p in gone:
+        if p.is_dir():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
+    return [str(p.relative_to(out)) for p in gone]

@@ -276,3 +276,9 @@ def test_eval_sets_that_would_share_a_slot_fail_at_load(sets, needle):
     with pytest.raises(ConfigError, match="eval.sets") as e:
         load_config(None, [f"eval.sets={sets}"])
     assert needle in str(e.value)
+
+
+def test_a_bad_value_names_the_override_that_set_it_not_every_override():
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["logging_steps=2", "eval.num_samples=4", "logging_steps=0"])
+    assert str(e.value).startswith("override 'logging_steps=0': logging_steps must be >= 1"), str(e.value)

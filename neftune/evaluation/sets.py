@@ -85,7 +85,7 @@ def check_sets(cfg: Config) -> list[str]:
         if name in seen:
             raise NeftuneError(
                 f"eval.sets: {seen[name]} and {entry} would share the set name {name!r} "
-                f"(eval/generations/{name}.json); list a set once and give data files distinct names"
+                f"({rundir.generations_path('RUN', name)}); list a set once and give data files distinct names"
             )
         seen[name] = entry
     return list(seen)

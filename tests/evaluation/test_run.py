@@ -220,7 +220,8 @@ def test_eval_set_names_are_distinct_and_not_reserved(runs, tmp_path, capsys):
     for sets, words in cases.items():
         assert main(["eval", str(base), *EVAL, sets]) == 1, sets
         err = capsys.readouterr().err
-        assert err.startswith("neftune: error: eval.sets: ") and err.count("\n") == 1, err
+        # refused when the config loads, naming the override that set eval.sets
+        assert err.startswith(f"neftune: error: override '{sets}': eval.sets: ") and err.count("\n") == 1, err
         assert all(w in err for w in words), (sets, err)
         assert not (base / "eval").exists()  # refused before anything was generated
 
