@@ -67,6 +67,7 @@ def main():
     n = min(torch.cuda.device_count(), 2)
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     common = [
+        "overwrite_output_dir=true",  # a second run into the same --out retrains instead of being refused
         f"max_steps={a.steps}",
         "dtype=bfloat16",
         "save_steps=0",

@@ -213,6 +213,30 @@ def check_resume(ckpt: Path, cfg: Config, world: int) -> None:
         )
 
 
+def check_step_counting(
+    ckpt: Path, saved: dict, steps_per_epoch: int, total_steps: int, per_epoch: int, ga: int, world: int
+) -> None:
+    """Refuse a checkpoint whose optimizer steps map to other batches or another schedule length than this run's
+    (`saved`: its trainer_state.json). Checkpoints record steps_per_epoch and total_steps; one written before
+    steps were counted like HF Trainer's (ceil(per_epoch / ga) per epoch, the last one short) maps steps the
+    same way only when ga divides the micro-batches per epoch. After a world-size change (allowed, with a
+    warning) the counts may differ by rounding, so only a same-world mismatch is refused."""
+    if "steps_per_epoch" in saved:
+        old = (saved["steps_per_epoch"], saved.get("total_steps"))
+        if old != (steps_per_epoch, total_steps) and saved.get("world_size", world) == world:
+            raise NeftuneError(
+                f"{ckpt}: its run had {old[0]} optimizer steps per epoch and {old[1]} in all, this one "
+                f"{steps_per_epoch} and {total_steps}: the steps would take other batches and another schedule; "
+                "resume with the checkpoint's settings, or retrain (overwrite_output_dir=true)"
+            )
+    elif per_epoch % ga:
+        raise NeftuneError(
+            f"{ckpt}: written before optimizer steps were counted like HF Trainer's, and gradient_accumulation_steps "
+            f"{ga} does not divide the {per_epoch} micro-batches per epoch, so its steps took other batches; "
+            "retrain (overwrite_output_dir=true)"
+        )
+
+
 def _differing_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
     """`key (checkpoint's value -> this config's)` for every differing key, nested keys dotted (data.max_length)."""
     out = []

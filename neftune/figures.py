@@ -139,6 +139,7 @@ def main_columns(table: dict) -> list[tuple[str, str]]:
     m = table["main_set"]
     have = {k for r in table["rows"] for k in r.get("paired", {})}
     wr = next((f"{m}.win_rate.{b}" for b in BASES if f"{m}.win_rate.{b}" in have), None)
+    lc = next((f"{m}.lc_win_rate.{b}" for b in BASES if f"{m}.lc_win_rate.{b}" in have), None)
     cols = [
         ("clean_loss_last_epoch", "clean train loss, last epoch"),
         ("heldout_nll", "held-out loss"),
@@ -146,7 +147,8 @@ def main_columns(table: dict) -> list[tuple[str, str]]:
         (f"{m}.tokens", f"answer tokens ({m})"),
         (f"{m}.diversity", f"per-answer diversity ({m})"),
         (wr, f"win rate − 50 ({wr.rsplit('.', 1)[-1]} verdicts)" if wr else ""),
-        ("lc_win_rate", "LC win rate − 50"),
+        (lc, f"LC win rate − 50 ({lc.rsplit('.', 1)[-1]} verdicts, per prompt)" if lc else ""),
+        ("lc_win_rate", "LC win rate − 50 (per run)"),
         ("capability", "capability accuracy"),
         ("exact_accuracy", "exact-answer accuracy"),
         ("exact_tokens", "exact-answer tokens"),

@@ -31,6 +31,7 @@ from .checkpoint import (  # noqa: F401  (old names importable from here)
     _rng_state,
     _set_rng_state,
     _state_dict,
+    check_step_counting,
     claim_output_dir,
     load_checkpoint,
     resolve_resume,
@@ -128,6 +129,8 @@ class _Run:
             "supervised_tokens": self.sup_tokens,
             "world_size": self.world,
             "wall_time_s": self.done["wall_time_s"] + time.time() - self.t0,
+            "steps_per_epoch": self.steps_per_epoch,  # resume refuses a checkpoint that counted steps otherwise
+            "total_steps": self.total_steps,
         }
 
 
@@ -223,7 +226,9 @@ def _resume(run: _Run):
     if ckpt is not None:
         run.start = load_checkpoint(ckpt, run.model, run.optimizer, run.scheduler, run.noise_gen, run.rank)
         print(f"[neftune] resumed from {ckpt} at step {run.start}")
-        run.done.update(rundir.read_trainer_state(ckpt))
+        saved = rundir.read_trainer_state(ckpt)
+        check_step_counting(ckpt, saved, run.steps_per_epoch, run.total_steps, run.per_epoch, run.ga, world)
+        run.done.update(saved)
         if run.done["world_size"] != world:
             print(
                 f"[neftune] warning: world size changed on resume: checkpoint trained with {run.done['world_size']} "

@@ -88,7 +88,8 @@ def _check_finite(run: _Run, step: int, step_loss: float, grad_norm: float):
         raise TrainingDiverged(
             f"step {step}: non-finite {'loss' if not math.isfinite(step_loss) else 'gradient norm'} "
             f"(loss={step_loss}, grad_norm={grad_norm}); stopped before the update. Last good "
-            f"checkpoint: {last[-1] if last else 'none'} (resume_from_checkpoint=latest)"
+            f"checkpoint: {last[-1] if last else 'none'}. Retrain with a lower learning_rate (a new output_dir, or "
+            "overwrite_output_dir=true): a resume restores the checkpoint's optimizer and schedule, learning rate included"
         )
 
 

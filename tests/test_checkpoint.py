@@ -95,3 +95,33 @@ def test_a_checkpoint_without_its_config_is_checked_against_its_run_dir(tmp_path
     check_resume(ckpt, load_config(None, ["seed=3", "save_steps=7"]), world=1)
     with pytest.raises(NeftuneError, match="seed"):
         check_resume(ckpt, load_config(None, ["seed=4"]), world=1)
+
+
+def test_step_counting_of_a_checkpoint_must_match_the_run(tmp_path):
+    """Optimizer steps map to batches and to the schedule's length: a checkpoint that counted them otherwise
+    (another steps_per_epoch / total_steps, or written before HF's count when ga does not divide an epoch) is
+    refused; a world-size change (allowed with a warning) may round them differently."""
+    from neftune.checkpoint import check_step_counting
+
+    ck = tmp_path / "checkpoint-2"
+    same = {"steps_per_epoch": 3, "total_steps": 9, "world_size": 1}
+    check_step_counting(ck, same, 3, 9, per_epoch=10, ga=4, world=1)
+    with pytest.raises(NeftuneError, match="3 optimizer steps per epoch and 9 in all, this one 3 and 12"):
+        check_step_counting(ck, same, 3, 12, per_epoch=10, ga=4, world=1)
+    check_step_counting(ck, {**same, "world_size": 2}, 3, 12, per_epoch=10, ga=4, world=1)
+    old = {"global_step": 2, "world_size": 1}  # before checkpoints recorded the step counts
+    check_step_counting(ck, old, 3, 9, per_epoch=12, ga=4, world=1)  # ga divides the epoch: same mapping
+    with pytest.raises(NeftuneError, match="does not divide the 10 micro-batches"):
+        check_step_counting(ck, old, 3, 9, per_epoch=10, ga=4, world=1)
+
+
+def test_resume_refuses_a_checkpoint_with_other_step_counts(tmp_path, tiny_llama_dir):
+    run = tmp_path / "run"
+    args = ["max_steps=3", "save_steps=1", "clean_loss_steps=0"]
+    train(cfg_for(tiny_llama_dir, run, *args))
+    state = rundir.checkpoint_path(run, 2) / "trainer_state.json"
+    saved = json.loads(state.read_text())
+    assert saved["total_steps"] == 3 and saved["steps_per_epoch"] >= 1  # checkpoints record the counts
+    state.write_text(json.dumps({**saved, "total_steps": 5}))
+    with pytest.raises(NeftuneError, match="5 in all, this one"):
+        train(cfg_for(tiny_llama_dir, run, *args, "resume_from_checkpoint=latest"))

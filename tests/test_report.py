@@ -162,3 +162,17 @@ def test_report_renders_in_headless_chromium(tmp_path):
         timeout=120,
     )
     assert shot.exists() and shot.stat().st_size > 20_000
+
+
+def test_main_table_shows_the_per_prompt_lc_score_the_decision_runs_on():
+    """select_by lc_win_rate decides on `<set>.lc_win_rate.<basis>` (bootstrap over prompts); the main table and
+    forest plot show that column, beside the per-run LC win rate (paired t over seeds)."""
+    from neftune.figures import main_columns
+
+    table = {
+        "main_set": "heldout",
+        "rows": [{}, {"paired": {"heldout.lc_win_rate.reference": {}, "lc_win_rate": {}, "heldout_nll": {}}}],
+    }
+    cols = dict(main_columns(table))
+    assert cols["heldout.lc_win_rate.reference"] == "LC win rate − 50 (reference verdicts, per prompt)"
+    assert cols["lc_win_rate"] == "LC win rate − 50 (per run)" and "heldout_nll" in cols
