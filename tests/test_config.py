@@ -32,14 +32,22 @@ def test_yaml_overrides_and_roundtrip(tmp_path):
         ("a: [\n", "c.yaml:"),
         ("neftune_noise_alpha: -1\n", "neftune_noise_alpha"),
         ("data:\n  max_lenght: 3\n", "did you mean 'data.max_length'"),
+        # errors about a key the file set name its line
+        ("seed: 1\n\nnope: 1\n", "c.yaml:3: unknown config key 'nope'"),
+        ("seed: 1\ndata:\n  packing: true\n  max_length: abc\n", "c.yaml:4: data.max_length: expected an integer"),
+        ("seed: 1\nlora: 3\n", "c.yaml:2: lora must be a mapping"),
+        ("seed: 1\nlogging_steps: 0\n", "c.yaml:2: logging_steps must be >= 1"),
+        ("eval:\n  judge: none\n  top_p: 2\n", "c.yaml:3: eval.top_p must be in [0, 1]"),
+        ("seed: 1\nlr_scheduler_type: cosin\n", "c.yaml:2: lr_scheduler_type: 'cosin'"),
+        ("compare:\n  seeds: [0]\n  variants:\n    - {name: x, lora: {r: -1}}\n", "c.yaml:3: compare.variants[0] (x)"),
     ],
 )
 def test_bad_files_name_the_problem(tmp_path, text, needle):
     p = tmp_path / "c.yaml"
     p.write_text(text)
-    with pytest.raises(ConfigError, match=None) as e:
+    with pytest.raises(ConfigError) as e:
         load_config(str(p))
-    assert needle in str(e.value)
+    assert needle in str(e.value), str(e.value)
 
 
 def test_every_field_has_a_docstring():
@@ -232,26 +240,6 @@ def test_help_says_zero_means_all_where_it_does():
     for key in ("save_total_limit", "eval.num_samples"):
         doc = lines[next(i for i, ln in enumerate(lines) if ln.startswith(f"  {key} (")) + 1]
         assert "0 = all" in doc, (key, doc)
-
-
-@pytest.mark.parametrize(
-    "text, needle",
-    [
-        ("seed: 1\n\nnope: 1\n", "c.yaml:3: unknown config key 'nope'"),
-        ("seed: 1\ndata:\n  packing: true\n  max_length: abc\n", "c.yaml:4: data.max_length: expected an integer"),
-        ("seed: 1\nlora: 3\n", "c.yaml:2: lora must be a mapping"),
-        ("seed: 1\nlogging_steps: 0\n", "c.yaml:2: logging_steps must be >= 1"),
-        ("eval:\n  judge: none\n  top_p: 2\n", "c.yaml:3: eval.top_p must be in [0, 1]"),
-        ("seed: 1\nlr_scheduler_type: cosin\n", "c.yaml:2: lr_scheduler_type: 'cosin'"),
-        ("compare:\n  seeds: [0]\n  variants:\n    - {name: x, lora: {r: -1}}\n", "c.yaml:3: compare.variants[0] (x)"),
-    ],
-)
-def test_errors_in_a_yaml_file_name_its_line(tmp_path, text, needle):
-    p = tmp_path / "c.yaml"
-    p.write_text(text)
-    with pytest.raises(ConfigError) as e:
-        load_config(str(p))
-    assert needle in str(e.value), str(e.value)
 
 
 def test_a_bad_override_of_a_file_key_names_the_override_not_the_line(tmp_path):
