@@ -21,6 +21,7 @@ import torch
 
 from . import rundir
 from .config import Config, training_identity
+from .config_typing import differing_keys
 from .errors import NeftuneError
 from .modeling import unwrap
 
@@ -205,7 +206,7 @@ def check_resume(ckpt: Path, cfg: Config, world: int) -> None:
     ga = "gradient_accumulation_steps"
     if old[ga] * old_world == new[ga] * world:
         old[ga] = new[ga]
-    diff = _differing_keys(old, new)
+    diff = [f"{k} ({_short(a)} -> {_short(b)})" for k, a, b in differing_keys(old, new)]
     if diff:
         raise NeftuneError(
             f"{ckpt}: checkpoint of a run trained with another config ({'; '.join(diff)}, from {saved}); "
@@ -235,18 +236,6 @@ def check_step_counting(
             f"{ga} does not divide the {per_epoch} micro-batches per epoch, so its steps took other batches; "
             "retrain (overwrite_output_dir=true)"
         )
-
-
-def _differing_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
-    """`key (checkpoint's value -> this config's)` for every differing key, nested keys dotted (data.max_length)."""
-    out = []
-    for k in list(new) + [k for k in old if k not in new]:
-        a, b = old.get(k), new.get(k)
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += _differing_keys(a, b, f"{prefix}{k}.")
-        elif a != b:
-            out.append(f"{prefix}{k} ({_short(a)} -> {_short(b)})")
-    return out
 
 
 def _short(v: Any) -> str:

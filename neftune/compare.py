@@ -35,6 +35,7 @@ from .aggregate import (  # noqa: F401
     variants_of,
 )
 from .config import Config, training_identity, validate, variant_config
+from .config_typing import differing_keys
 from .errors import ConfigError, NeftuneError
 from .launch import Job, run_jobs
 from .rundir import run_name  # noqa: F401  (kept importable from here)
@@ -64,7 +65,7 @@ def _check_same_training(rc: Config, run_dir: Path):
     if not rundir.config_path(run_dir).exists():
         return
     old, new = training_identity(rundir.read_config(run_dir)), training_identity(rc)
-    diff = [k for k in new if old.get(k) != new[k]]
+    diff = [k for k, _, _ in differing_keys(old, new)]
     if diff:
         raise NeftuneError(
             f"{run_dir} was trained with a different config ({', '.join(diff)} differ); "

@@ -142,3 +142,16 @@ def _apply(obj, mapping: dict, where: str, prefix: str = "", lines: Optional[dic
             _apply(getattr(obj, key), value if value is not None else {}, where, prefix=f"{full}.", lines=lines)
         else:
             setattr(obj, key, _coerce(value, tp, f"{at(full)}: {full}"))
+
+
+def differing_keys(old: dict, new: dict, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """(dotted key, old value, new value) of every key whose value differs between two config dicts
+    (to_dict / training_identity), nested sections key by key (data.max_length), new's keys first."""
+    out = []
+    for k in list(new) + [k for k in old if k not in new]:
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += differing_keys(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append((f"{prefix}{k}", a, b))
+    return out

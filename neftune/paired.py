@@ -111,7 +111,7 @@ def lc_adjusted(verdicts: dict | None, len_a: dict | None, len_b: dict | None) -
         return {k: None for k in verdicts}
     import numpy as np
 
-    from .evaluation.winrate import _sigmoid, fit_length_controlled
+    from .evaluation.winrate import _sigmoid, fit_length_controlled, length_feature
 
     # sorted: the fit's float sums must not depend on the order a results file lists its items in
     ids = sorted(
@@ -121,10 +121,8 @@ def lc_adjusted(verdicts: dict | None, len_a: dict | None, len_b: dict | None) -
     if not ids:
         return out
     y = np.array([verdicts[k] for k in ids])
-    delta = np.array([len_a[k] - len_b[k] for k in ids])
-    sigma = float(delta.std(ddof=1)) if len(ids) > 1 else 0.0
-    if sigma > 0:
-        x = np.tanh(delta / sigma)
+    x = length_feature(np.array([float(len_a[k] - len_b[k]) for k in ids]))
+    if x is not None:
         b0, phi = fit_length_controlled(y[None, :], x[None, :])[0]
         y = y - (_sigmoid(b0 + phi * x) - _sigmoid(b0))
     out.update(zip(ids, map(float, y)))

@@ -224,10 +224,10 @@ def _resume(run: _Run):
     if ckpt is not None and run.acc.distributed_type.name.startswith("FSDP"):
         raise NeftuneError(f"{ckpt}: resuming an FSDP run is not supported (checkpoints hold rank 0's optimizer shard)")
     if ckpt is not None:
+        saved = rundir.read_trainer_state(ckpt)  # checked before anything is loaded
+        check_step_counting(ckpt, saved, run.steps_per_epoch, run.total_steps, run.per_epoch, run.ga, world)
         run.start = load_checkpoint(ckpt, run.model, run.optimizer, run.scheduler, run.noise_gen, run.rank)
         print(f"[neftune] resumed from {ckpt} at step {run.start}")
-        saved = rundir.read_trainer_state(ckpt)
-        check_step_counting(ckpt, saved, run.steps_per_epoch, run.total_steps, run.per_epoch, run.ga, world)
         run.done.update(saved)
         if run.done["world_size"] != world:
             print(

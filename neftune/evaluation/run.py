@@ -18,7 +18,6 @@ and judge), so an interrupted or repeated evaluation redoes only what is missing
 from __future__ import annotations
 
 import copy
-import dataclasses
 import hashlib
 import json
 import math
@@ -28,6 +27,7 @@ from pathlib import Path
 
 from .. import rundir
 from ..config import Config, load_config, to_dict
+from ..config_typing import differing_keys
 from ..errors import ConfigError, NeftuneError
 from ..rundir import weights_fingerprint  # noqa: F401  (kept importable from here)
 from .items import capped_fraction, exact_results, example_losses, item_ids, train_clean, trained_records
@@ -185,13 +185,12 @@ def generate_stage(cfg: Config, run_dir) -> tuple[dict, bool]:
     for name in cfg.eval.sets:
         skipped: Counter = Counter()
         records = eval_records(run, name, cfg, skipped)
-        if str(name) not in BUILTIN:
-            _report_skipped(name, skipped, records)
-        if not records:
-            continue
         res: dict = {"n": len(records)}
         if str(name) not in BUILTIN:
+            _report_skipped(name, skipped, records)
             res["skipped"] = dict(skipped)  # per reason, like the training data's in summary.json
+        if not records:
+            continue
         if parts & {"generate", "metrics", "judge"}:
             capped: list = []
             outs = generations(model, tok, cfg, run, name, records, capped)
@@ -285,25 +284,14 @@ def evaluate(cfg: Config, run_dir, against: str | None = None) -> dict:
     return write_results(cfg, run_dir, against, scores, judgments)
 
 
-def _changed_keys(old, new, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two configs (nested config sections key by key)."""
-    keys = []
-    for f in dataclasses.fields(old):
-        a, b = getattr(old, f.name), getattr(new, f.name)
-        if dataclasses.is_dataclass(a):
-            keys += _changed_keys(a, b, f"{prefix}{f.name}.")
-        elif a != b:
-            keys.append(prefix + f.name)
-    return keys
-
-
 def eval_config(run_dir, cfg_file=None, overrides=()) -> Config:
     """The run's training config with eval.* (and the EVAL_DATA_KEYS) from CONFIG.yaml / key=value. A file
     or override that would change anything else (the model, data.template, a training key) is refused:
     eval always evaluates the run as trained, so such a change could only be silently wrong."""
     base = run_config(run_dir)
     cfg = load_config(cfg_file, list(overrides), base=copy.deepcopy(base))
-    bad = [k for k in _changed_keys(base, cfg) if not k.startswith("eval.") and k not in EVAL_DATA_KEYS]
+    changed = [k for k, _, _ in differing_keys(to_dict(base), to_dict(cfg))]
+    bad = [k for k in changed if not k.startswith("eval.") and k not in EVAL_DATA_KEYS]
     if bad:
         src = " + ".join(([str(cfg_file)] if cfg_file else []) + [f"override '{o}'" for o in overrides])
         raise ConfigError(

@@ -43,6 +43,13 @@ def _sigmoid(z):
     return 0.5 * (1.0 + np.tanh(0.5 * z))  # overflow-free form
 
 
+def length_feature(delta: np.ndarray) -> Optional[np.ndarray]:
+    """The GLM's length term tanh(delta / sd(delta)) (delta = len_a - len_b per item), None when the lengths
+    give no spread (fewer than 2 items, or all differences equal): then the fit is the intercept alone."""
+    sigma = float(delta.std(ddof=1)) if len(delta) > 1 else 0.0
+    return np.tanh(delta / sigma) if sigma > 0 else None
+
+
 def fit_length_controlled(y: np.ndarray, x: Optional[np.ndarray]) -> np.ndarray:
     """Batched soft-label logistic regression by damped Newton.
 
@@ -174,9 +181,7 @@ def _summary(verdicts, len_a, len_b, n_boot: int, seed: int) -> dict:
     # Standard error of a mean of {0, 0.5, 1} values; undefined (reported 0) for a single item.
     out["win_rate_se"] = 100.0 * float(y.std(ddof=1) / np.sqrt(n)) if n > 1 else 0.0
 
-    delta = la - lb
-    sigma = float(delta.std(ddof=1)) if n > 1 else 0.0
-    x = np.tanh(delta / sigma) if sigma > 0 else None
+    x = length_feature(la - lb)
     w = fit_length_controlled(y[None, :], None if x is None else x[None, :])[0]
     out["lc_win_rate"] = 100.0 * float(_sigmoid(w[0]))
     out["lc_length_coef"] = float(w[1])
